@@ -1,0 +1,275 @@
+"""``encode`` / ``decode`` / ``info``: arrays in, bytes out, and back, bit for bit.
+
+Which coder runs is decided by the image (and named in the file's HEAD section):
+
+======================  ============================================================
+8-bit RGB               learned: exact MGCF + range coding (``codec.learned``)
+8-bit RGBA              learned RGB, alpha plane as JPEG-XL lossless (ALPH section)
+other 8/16-bit images   JPEG-XL lossless (gray, gray+alpha, palette indices, bilevel,
+                        16-bit gray and colour, CMYK, ...)
+32-bit int / float      zlib
+======================  ============================================================
+
+HEAD payload (little-endian)::
+
+    u8 coder (1 mgcf, 2 jxl, 3 zlib) | u32 height | u32 width | u8 channels | u8 dtype code
+    u8 len + mode (ASCII) | 32 B SHA-256 of the pixels (``codec.raster.pixel_hash``)
+    32 B SHA-256 of the model file (zeros unless mgcf) | u16 patch | u16 patches per stream
+
+Other sections: DATA (the coded pixels; for mgcf ``u32 n | n x u32 lengths | streams``), ALPH,
+PLTE (``u8 len + palette mode | entries``), and the ancillary ``iccp``, ``exif``, ``xmp `` and
+``trns`` carried through to the restored file. Decoding checks sizes before allocating and the
+pixel hash after decoding: it returns the original pixels or raises.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec import fallback, learned
+from codec.container import HEAD, Container, parse
+from codec.errors import CorruptFileError, UnsupportedError, VerificationError
+from codec.exact import ExactMGCF
+from codec.raster import Raster, pixel_hash
+from codec.weights import default_model_path, exact_model_by_hash, load_model_file
+
+CODER_MGCF, CODER_JXL, CODER_ZLIB = 1, 2, 3
+CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib"}
+DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE"})
+MAX_PIXEL_BYTES = 1 << 32  # refuse to allocate more than 4 GiB of pixels for one image
+MAX_PATCHES_PER_STREAM = 4096
+DEFAULT_PATCHES_PER_STREAM = 64
+
+_HEAD = struct.Struct("<BIIBB")
+_TAIL = struct.Struct("<32s32sHH")
+
+
+@dataclass(frozen=True)
+class Header:
+    coder: int
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    mode: str
+    pixel_hash: bytes
+    model_hash: bytes
+    patch: int
+    patches_per_stream: int
+
+    def to_bytes(self) -> bytes:
+        mode = self.mode.encode("ascii")
+        return (
+            _HEAD.pack(self.coder, self.height, self.width, self.channels, DTYPE_CODES[self.dtype])
+            + bytes([len(mode)])
+            + mode
+            + _TAIL.pack(self.pixel_hash, self.model_hash, self.patch, self.patches_per_stream)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Header:
+        try:
+            coder, h, w, c, dt = _HEAD.unpack_from(data, 0)
+            n = data[_HEAD.size]
+            mode = data[_HEAD.size + 1 : _HEAD.size + 1 + n].decode("ascii")
+            tail = _HEAD.size + 1 + n
+            if len(data) != tail + _TAIL.size or len(mode) != n:
+                raise ValueError("length")
+            ph, mh, patch, per = _TAIL.unpack_from(data, tail)
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptFileError("malformed HEAD section") from exc
+        if coder not in CODER_NAMES:
+            raise UnsupportedError(f"unknown coder id {coder}")
+        if dt not in DTYPES:
+            raise CorruptFileError(f"unknown sample type {dt}")
+        if h < 1 or w < 1 or not 1 <= c <= 16:
+            raise CorruptFileError(f"impossible image size {h}x{w}x{c}")
+        if h * w * c * np.dtype(DTYPES[dt]).itemsize > MAX_PIXEL_BYTES:
+            raise UnsupportedError(f"image of {h}x{w}x{c} exceeds the {MAX_PIXEL_BYTES >> 30} GiB decode limit")
+        return cls(coder, h, w, c, DTYPES[dt], mode, ph, mh, patch, per)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _as_raster(image: Any) -> Raster:
+    if isinstance(image, Raster):
+        return image
+    if isinstance(image, np.ndarray):
+        return Raster.from_array(image)
+    from codec.images import from_pil  # Pillow images
+
+    return from_pil(image)
+
+
+def _mgcf_payload(streams: list[bytes]) -> bytes:
+    return struct.pack(f"<I{len(streams)}I", len(streams), *map(len, streams)) + b"".join(streams)
+
+
+def load_model(model: str | None = None, device: str = "cpu") -> tuple[ExactMGCF, bytes]:
+    """The exact model from a file path (default: the shipped model) and its hash."""
+    mf = load_model_file(model or default_model_path())
+    return mf.exact_model(device), mf.digest
+
+
+def encode(
+    image: Any,
+    *,
+    model: tuple[ExactMGCF, bytes] | None = None,
+    device: str = "cpu",
+    patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
+    verify: bool = False,
+) -> bytes:
+    """Compress ``image`` (numpy array, ``Raster`` or Pillow image) to ``.cllc`` bytes.
+
+    ``model``: ``(exact model, model hash)`` from ``load_model``; the shipped default when None.
+    ``verify``: decode the result (on the CPU) and compare before returning.
+    """
+    raster = _as_raster(image)
+    pixels = raster.pixels
+    learned_path = pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
+    container = Container()
+    model_hash, patch, per = bytes(32), 0, 0
+    if learned_path:
+        net, model_hash = model or load_model(device=device)
+        patch, per = net.cfg.patch, patches_per_stream
+        if not 1 <= per <= MAX_PATCHES_PER_STREAM:
+            raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
+        with torch.inference_mode():
+            data = _mgcf_payload(learned.encode_rgb(np.ascontiguousarray(pixels[..., :3]), net, per))
+        coder = CODER_MGCF
+    elif fallback.jxl_supports(pixels):
+        coder, data = CODER_JXL, fallback.jxl_encode(pixels)
+    else:
+        coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
+    header = Header(
+        coder,
+        raster.height,
+        raster.width,
+        raster.channels,
+        pixels.dtype.name,
+        raster.mode,
+        pixel_hash(pixels),
+        model_hash,
+        patch,
+        per,
+    )
+    container.add(HEAD, header.to_bytes())
+    if learned_path and raster.channels == 4:
+        container.add(b"ALPH", fallback.jxl_encode(np.ascontiguousarray(pixels[..., 3])))
+    if raster.palette is not None:
+        pm = (raster.palette_mode or "RGB").encode("ascii")
+        container.add(b"PLTE", bytes([len(pm)]) + pm + raster.palette)
+    for tag, value in (
+        (b"iccp", raster.icc_profile),
+        (b"exif", raster.exif),
+        (b"xmp ", raster.xmp),
+        (b"trns", raster.transparency),
+    ):
+        if value:
+            container.add(tag, value)
+    container.add(b"DATA", data)
+    out = container.to_bytes()
+    if verify:
+        decode(out, model=model if model and device == "cpu" else None)
+    return out
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _split_streams(data: bytes, expected: int) -> list[bytes]:
+    if len(data) < 4:
+        raise CorruptFileError("DATA section too short")
+    (n,) = struct.unpack_from("<I", data, 0)
+    if n != expected:
+        raise CorruptFileError(f"DATA holds {n} streams, the image needs {expected}")
+    if len(data) < 4 + 4 * n:
+        raise CorruptFileError("DATA section too short for its stream table")
+    lengths = struct.unpack_from(f"<{n}I", data, 4)
+    pos = 4 + 4 * n
+    if pos + sum(lengths) != len(data):
+        raise CorruptFileError("stream lengths do not add up to the DATA section")
+    out = []
+    for length in lengths:
+        out.append(data[pos : pos + length])
+        pos += length
+    return out
+
+
+def read_header(data: bytes) -> tuple[Header, Container]:
+    container = parse(data, KNOWN_CRITICAL)
+    return Header.from_bytes(container.require(HEAD)), container
+
+
+def decode(data: bytes, *, model: tuple[ExactMGCF, bytes] | None = None, device: str = "cpu") -> Raster:
+    """``.cllc`` bytes -> the original ``Raster``, or a ``CallicError`` saying why not."""
+    header, container = read_header(data)
+    payload = container.require(b"DATA")
+    dtype = np.dtype(header.dtype)
+    if header.coder == CODER_MGCF:
+        if header.dtype != "uint8" or header.channels not in (3, 4):
+            raise CorruptFileError("mgcf coder with a non 8-bit RGB(A) header")
+        if model is not None and model[1] == header.model_hash:
+            net = model[0]
+        else:
+            net = exact_model_by_hash(header.model_hash, device)
+        if header.patch != net.cfg.patch or not 1 <= header.patches_per_stream <= MAX_PATCHES_PER_STREAM:
+            raise CorruptFileError(f"patch layout {header.patch}/{header.patches_per_stream} does not fit the model")
+        n = learned.stream_count(header.height, header.width, header.patch, header.patches_per_stream)
+        streams = _split_streams(payload, n)
+        with torch.inference_mode():
+            rgb = learned.decode_rgb(streams, header.height, header.width, net, header.patches_per_stream)
+        if header.channels == 4:
+            alpha = fallback.jxl_decode(container.require(b"ALPH"), (header.height, header.width), dtype)
+            pixels = np.concatenate([rgb, alpha[..., None]], axis=2)
+        else:
+            pixels = rgb
+    elif header.coder == CODER_JXL:
+        pixels = fallback.jxl_decode(payload, header.shape, dtype)
+    else:
+        pixels = fallback.zlib_decode(payload, header.shape, dtype)
+    if pixel_hash(pixels) != header.pixel_hash:
+        raise VerificationError("decoded pixels do not match the hash stored in the file")
+    raster = Raster(pixels, header.mode)
+    plte = container.get(b"PLTE")
+    if plte:
+        raster.palette_mode = plte[1 : 1 + plte[0]].decode("ascii", "replace")
+        raster.palette = plte[1 + plte[0] :]
+    raster.icc_profile = container.get(b"iccp")
+    raster.exif = container.get(b"exif")
+    raster.xmp = container.get(b"xmp ")
+    raster.transparency = container.get(b"trns")
+    return raster
+
+
+def info(data: bytes) -> dict[str, Any]:
+    """What a file holds, without decoding the pixels."""
+    header, container = read_header(data)
+    samples = header.height * header.width * header.channels
+    return {
+        "coder": CODER_NAMES[header.coder],
+        "width": header.width,
+        "height": header.height,
+        "channels": header.channels,
+        "mode": header.mode,
+        "dtype": header.dtype,
+        "bytes": len(data),
+        "bits_per_subpixel": 8 * len(data) / samples,
+        "pixel_sha256": header.pixel_hash.hex(),
+        "model_sha256": header.model_hash.hex() if header.coder == CODER_MGCF else None,
+        "patch": header.patch or None,
+        "patches_per_stream": header.patches_per_stream or None,
+        "sections": {t.decode(): len(p) for t, p in container.sections},
+    }

@@ -1,0 +1,151 @@
+"""The exact (integer) MGCF: one parallel pass for the encoder, Cache then Crop Inference for
+the decoder (CALLIC section 3), producing bit-identical mixture parameters on any device.
+
+Both paths are built from the same pointwise pieces (``_embed``, ``_block_pre``, ``_block_post``,
+``_head``) applied to rows of positions; they differ only in how the two masked convolutions get
+their neighbourhoods:
+
+- ``full_params``: all positions of a batch of patches at once; each masked convolution is a sum
+  of shifted copies of its (zero-padded) input.
+- ``StepDecoder``: one wavefront group at a time; the input of each masked convolution is cached
+  for the whole patch and the visible taps of the new positions are gathered from the cache.
+
+Either way each output is the same sum of the same integer products, and integer sums below 2**53
+are exact in float64 in any order, so the two paths agree bit for bit (a test checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codec.config import MGCFConfig
+from codec.fixedpoint import (
+    ACT_FRAC,
+    ACT_LIMIT,
+    activation,
+    layer_norm,
+    requantize,
+)
+from codec.wavefront import kernel_offsets, step_positions
+
+PATCH_CHUNK_POSITIONS = 8192  # positions per chunk of the encoder's parallel pass
+
+
+class ExactMGCF:
+    def __init__(
+        self,
+        cfg: MGCFConfig,
+        tensors: dict[str, torch.Tensor],
+        luts: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.t = {k: v.to(self.device, torch.float64) for k, v in tensors.items()}
+        self.luts = {k: v.to(self.device, torch.int64) for k, v in luts.items()}
+        self.lut_f = {k: v.to(torch.float64) for k, v in self.luts.items()}
+        self.embed_taps = kernel_offsets(3, strict=True)
+        self.dw_taps = kernel_offsets(cfg.kernel, strict=False)
+        self.dw_weight = [self.t[f"blocks.{i}.dw.weight"] for i in range(cfg.depth)]  # (taps, C)
+
+    # ---- pointwise pieces, on rows (N, C) ----
+    def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return requantize(torch.addmm(self.t[name + ".bias"], x, self.t[name + ".weight"]))
+
+    def _embed(self, taps: torch.Tensor) -> torch.Tensor:
+        return self._linear("embed", taps)
+
+    def _block_pre(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = f"blocks.{i}."
+        h = layer_norm(x, self.t[p + "norm1.weight"], self.t[p + "norm1.bias"])
+        return h, self._linear(p + "gate_a", h)
+
+    def _block_post(self, i: int, x: torch.Tensor, h: torch.Tensor, dw_acc: torch.Tensor) -> torch.Tensor:
+        p = f"blocks.{i}."
+        a = requantize(dw_acc + self.t[p + "dw.bias"])
+        gated = requantize(activation(a, self.lut_f["silu"]).mul_(self._linear(p + "gate_v", h)), ACT_FRAC)
+        x = (x + self._linear(p + "gate_o", gated)).clamp_(-ACT_LIMIT, ACT_LIMIT)
+        h2 = layer_norm(x, self.t[p + "norm2.weight"], self.t[p + "norm2.bias"])
+        u = activation(self._linear(p + "fc1", h2), self.lut_f["gelu"])
+        return x.add_(self._linear(p + "fc2", u)).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self._linear("head", x)
+
+    # ---- encoder: one parallel pass ----
+    @torch.no_grad()
+    def full_params(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches (B, P, P, 3) of pixel values -> mixture parameters (B, P, P, 10K), integers."""
+        b, p = patches.shape[0], self.cfg.patch
+        chunk = max(1, PATCH_CHUNK_POSITIONS // (p * p))
+        out = [self._full_chunk(patches[s : s + chunk]) for s in range(0, b, chunk)]
+        return torch.cat(out) if out else torch.empty(0, p, p, self.cfg.head_channels, dtype=torch.float64)
+
+    def _full_chunk(self, patches: torch.Tensor) -> torch.Tensor:
+        b, p, c = patches.shape[0], self.cfg.patch, self.cfg.width
+        x_in = (patches.to(self.device, torch.float64) - 128.0) * 64.0
+        padded = torch.nn.functional.pad(x_in, (0, 0, 1, 1, 1, 1))
+        taps = torch.cat([padded[:, 1 + dr : 1 + dr + p, 1 + dc : 1 + dc + p, :] for dr, dc in self.embed_taps], -1)
+        x = self._embed(taps.reshape(b * p * p, -1))
+        r = self.cfg.kernel // 2
+        for i in range(self.cfg.depth):
+            h, a = self._block_pre(i, x)
+            a_pad = torch.nn.functional.pad(a.view(b, p, p, c), (0, 0, r, r, r, r))
+            acc = torch.zeros(b, p, p, c, dtype=torch.float64, device=self.device)
+            for (dr, dc), w in zip(self.dw_taps, self.dw_weight[i], strict=True):
+                acc.add_(a_pad[:, r + dr : r + dr + p, r + dc : r + dc + p, :] * w)
+            x = self._block_post(i, x, h, acc.view(b * p * p, c))
+        return self._head(x).view(b, p, p, -1)
+
+    def step_decoder(self, num_patches: int) -> StepDecoder:
+        return StepDecoder(self, num_patches)
+
+
+class StepDecoder:
+    """Cache then Crop Inference: computes group after group, only at that group's positions.
+
+    Call ``params(step)`` to get the mixture parameters of the step's positions (every earlier
+    group's pixels must be set), then ``set_pixels(step, pixels)`` once they are decoded.
+    """
+
+    def __init__(self, model: ExactMGCF, num_patches: int):
+        self.m = model
+        cfg = model.cfg
+        self.b, self.p, self.c = num_patches, cfg.patch, cfg.width
+        self.r = cfg.kernel // 2
+        dev = model.device
+        self.pixels = torch.zeros(self.b, self.p + 2, self.p + 2, 3, dtype=torch.float64, device=dev)
+        # Cached inputs of the masked depth-wise convs; |values| < 2**22, exact in float32.
+        side = self.p + 2 * self.r
+        self.caches = [
+            torch.zeros(self.b, side * side, self.c, dtype=torch.float32, device=dev) for _ in range(cfg.depth)
+        ]
+        self.side = side
+
+    def positions(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = step_positions(self.p, step)
+        return rows.to(self.m.device), cols.to(self.m.device)
+
+    @torch.no_grad()
+    def params(self, step: int) -> torch.Tensor:
+        """Mixture parameters (B, n, 10K) of group ``step``'s n positions in every patch."""
+        m, b, c, r, side = self.m, self.b, self.c, self.r, self.side
+        rows, cols = self.positions(step)
+        n = rows.numel()
+        taps = torch.cat([self.pixels[:, rows + 1 + dr, cols + 1 + dc, :] for dr, dc in m.embed_taps], -1)
+        x = m._embed(taps.reshape(b * n, -1))
+        centre = (rows + r) * side + (cols + r)
+        tap_index = torch.stack([centre + dr * side + dc for dr, dc in m.dw_taps], 1).reshape(-1)  # (n * taps)
+        for i in range(m.cfg.depth):
+            h, a = m._block_pre(i, x)
+            cache = self.caches[i]
+            cache[:, centre, :] = a.view(b, n, c).to(torch.float32)
+            gathered = cache[:, tap_index, :].view(b, n, -1, c).to(torch.float64)
+            acc = (gathered * m.dw_weight[i]).sum(2)
+            x = m._block_post(i, x, h, acc.view(b * n, c))
+        return m._head(x).view(b, n, -1)
+
+    def set_pixels(self, step: int, pixels: torch.Tensor) -> None:
+        """Record the decoded pixels (B, n, 3) of group ``step``."""
+        rows, cols = self.positions(step)
+        self.pixels[:, rows + 1, cols + 1, :] = (pixels.to(self.m.device, torch.float64) - 128.0) * 64.0

@@ -1,0 +1,85 @@
+"""Integer frequency tables of the discretized logistic mixture (the twin of ``codec.mixture``).
+
+For each subpixel to code, 256 integers ``q`` with ``sum(q) == 2**24 - 256``; the coder gives
+symbol v the frequency ``(q[v] + 1) / 2**24``. ``constriction``'s fast quantizer maps such a
+table to exactly those frequencies with integer-only arithmetic (its scale factor is then 1.0),
+so the table *is* the coding distribution.
+
+Units: network outputs at 2**-12; means in 1/64 pixel; inverse scales at 2**-20; the logistic
+argument z at 2**-26; CDF values at 2**-24; mixture weights at 2**-12 (the largest is 4096).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codec.fixedpoint import (
+    ACT_FRAC,
+    EXP_LUT_RANGE,
+    INV_SCALE_FRAC,
+    SIGMOID_FRAC,
+    SIGMOID_LUT_RANGE,
+    TANH_LUT_RANGE,
+    lut_lookup,
+)
+from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+
+NUM_SYMBOLS = 256
+TABLE_TOTAL = 2**24 - NUM_SYMBOLS
+ROWS_PER_CHUNK = 512
+
+_ONE = 2**ACT_FRAC
+_Z_FRAC = 6 + INV_SCALE_FRAC  # (1/64 pixel) * 2**-20
+_Z_LIMIT = SIGMOID_LUT_RANGE * 2**_Z_FRAC
+_Z_SHIFT = _Z_FRAC - ACT_FRAC  # sigmoid table step is 2**-12
+_LS_LO, _LS_HI = round(LOG_SCALE_MIN * _ONE), round(LOG_SCALE_MAX * _ONE)
+
+
+def frequency_tables(
+    params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Tables (N, 256) int64 for ``channel`` of N positions.
+
+    ``params`` (N, 10K) are the exact network outputs; ``pixels`` (N, 3) must hold the true R
+    (and G) values when coding G (and B); later channels are ignored.
+    """
+    out = [
+        _tables(params[s : s + ROWS_PER_CHUNK], channel, pixels[s : s + ROWS_PER_CHUNK], k, luts)
+        for s in range(0, params.shape[0], ROWS_PER_CHUNK)
+    ]
+    return torch.cat(out) if out else torch.empty(0, NUM_SYMBOLS, dtype=torch.int64, device=params.device)
+
+
+def _tables(
+    params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    p = params.long()
+    n = p.shape[0]
+    logits = p[:, :k]
+    weights = lut_lookup(logits - logits.max(1, keepdim=True).values, luts["exp"], -EXP_LUT_RANGE * _ONE, 0)
+    mean = 128 * 64 + p[:, k * (1 + channel) : k * (2 + channel)]  # 1/64 pixel
+    if channel > 0:
+        pix = pixels.to(p.device).long() - 128
+        coupling = p[:, 7 * k : 10 * k]
+        lim = TANH_LUT_RANGE * _ONE
+
+        def tanh(j: int) -> torch.Tensor:
+            return lut_lookup(coupling[:, j * k : (j + 1) * k], luts["tanh"], -lim, lim)
+
+        shift = tanh(0) * pix[:, 0:1] if channel == 1 else tanh(1) * pix[:, 0:1] + tanh(2) * pix[:, 1:2]
+        mean = mean + torch.div(shift + 32, 64, rounding_mode="floor")
+    log_scale = p[:, k * (4 + channel) : k * (5 + channel)]
+    inv_scale = lut_lookup(log_scale, luts["inv_scale"], _LS_LO, _LS_HI)
+    edges = torch.arange(NUM_SYMBOLS - 1, device=p.device, dtype=torch.int64) * 64 + 32
+    z = (edges - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1)  # (n, k, 255), |z| < 2**48
+    idx = (z.clamp_(-_Z_LIMIT, _Z_LIMIT) + (_Z_LIMIT + (1 << (_Z_SHIFT - 1)))) >> _Z_SHIFT
+    cdf = luts["sigmoid"][idx]  # (n, k, 255), 0..2**24
+    mixed = (cdf * weights.unsqueeze(-1)).sum(1)  # (n, 255), < 2**39
+    total_weight = weights.sum(1, keepdim=True)
+    zero = torch.zeros(n, 1, dtype=torch.int64, device=p.device)
+    cumulative = torch.cat((zero, mixed, total_weight << SIGMOID_FRAC), 1)
+    mass = cumulative[:, 1:] - cumulative[:, :-1]  # (n, 256), sums to total_weight * 2**24
+    q = torch.div(mass * (2**16 - 1), total_weight << 16, rounding_mode="floor")  # sums to <= TABLE_TOTAL
+    leftover = TABLE_TOTAL - q.sum(1)
+    q[torch.arange(n, device=p.device), q.argmax(1)] += leftover
+    return q

@@ -1,0 +1,1 @@
+"""User-facing commands, wired from ``codec`` (compression) and ``pipeline`` (distribution)."""

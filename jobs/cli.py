@@ -1,0 +1,136 @@
+"""The ``callic`` command line.
+
+Exit codes: 0 success, 1 other error, 2 unreadable input image, 3 corrupt or truncated file,
+4 unsupported (format version, mode, output format), 5 model not installed, 6 pixel hash mismatch,
+64 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import codec
+from codec.errors import CallicError
+from codec.images import image_format, read_image, write_image
+
+EXIT_USAGE = 64
+
+
+def _setup_torch(threads: int | None, device: str) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CallicError("--device cuda: no CUDA device is available")
+
+
+def cmd_encode(args) -> int:
+    _setup_torch(args.threads, args.device)
+    raster = read_image(args.input)
+    model = codec.load_model(args.model, args.device) if raster.mode in ("RGB", "RGBA") else None
+    start = time.perf_counter()
+    data = codec.encode(
+        raster, model=model, device=args.device, verify=args.verify, patches_per_stream=args.patches_per_stream
+    )
+    seconds = time.perf_counter() - start
+    Path(args.output).write_bytes(data)
+    meta = codec.info(data)
+    print(
+        f"{args.input} -> {args.output}: {meta['bytes']} bytes, {meta['bits_per_subpixel']:.3f} bpsp, "
+        f"{meta['coder']}, {seconds:.2f} s{' (verified)' if args.verify else ''}"
+    )
+    return 0
+
+
+def cmd_decode(args) -> int:
+    _setup_torch(args.threads, "cpu")
+    image_format(args.output)  # refuse an unknown output format before decoding
+    start = time.perf_counter()
+    raster = codec.decode(Path(args.input).read_bytes())
+    write_image(raster, args.output)
+    print(
+        f"{args.input} -> {args.output}: {raster.width}x{raster.height} {raster.mode}, "
+        f"{time.perf_counter() - start:.2f} s, pixels verified"
+    )
+    return 0
+
+
+def cmd_info(args) -> int:
+    print(json.dumps(codec.info(Path(args.input).read_bytes()), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callic", description="Learned lossless image compression (CALLIC).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("encode", help="compress an image file to .cllc")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--threads", type=int, help="torch CPU threads (the file does not depend on it)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--verify", action="store_true", help="decode on the CPU and compare before writing")
+    p.add_argument("--model", help="model file (.safetensors); default: the shipped model")
+    p.add_argument(
+        "--patches-per-stream",
+        type=int,
+        default=codec.api.DEFAULT_PATCHES_PER_STREAM,
+        help="patches per independently coded stream (bounds the decoder's memory)",
+    )
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decompress a .cllc file to PNG, TIFF, PPM or BMP")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="print what a .cllc file holds")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="encode, decode and verify the bundled sample images")
+    p.add_argument("--out", default="callic-demo", help="folder for the .cllc and restored files")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=lambda a: __import__("jobs.demo", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("train", help="pre-train an MGCF model on a folder of images")
+    p.add_argument("data")
+    p.add_argument("--out", default="models")
+    p.add_argument("--config", choices=["default", "tiny"], default="default")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=lambda a: __import__("jobs.train", fromlist=["main"]).main(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    try:
+        return args.func(args)
+    except CallicError as exc:
+        print(f"callic: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"callic: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. disk full while writing
+        print(f"callic: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
