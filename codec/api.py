@@ -182,7 +182,7 @@ def encode(
     container.add(b"DATA", data)
     out = container.to_bytes()
     if verify:
-        decode(out, model=model if model and device == "cpu" else None)
+        decode(out, model=(net.to("cpu"), model_hash) if learned_path else None)
     return out
 
 

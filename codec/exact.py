@@ -42,11 +42,15 @@ class ExactMGCF:
         self.cfg = cfg
         self.device = torch.device(device)
         self.t = {k: v.to(self.device, torch.float64) for k, v in tensors.items()}
-        self.luts = {k: v.to(self.device, torch.int64) for k, v in luts.items()}
-        self.lut_f = {k: v.to(torch.float64) for k, v in self.luts.items()}
+        # Tables hold integers below 2**25: float64 keeps them exact and multiplies without casts.
+        self.luts = {k: v.to(self.device, torch.float64) for k, v in luts.items()}
         self.embed_taps = kernel_offsets(3, strict=True)
         self.dw_taps = kernel_offsets(cfg.kernel, strict=False)
         self.dw_weight = [self.t[f"blocks.{i}.dw.weight"] for i in range(cfg.depth)]  # (taps, C)
+
+    def to(self, device: str | torch.device) -> ExactMGCF:
+        """The same model on another device (the integers do not change)."""
+        return ExactMGCF(self.cfg, self.t, self.luts, device)
 
     # ---- pointwise pieces, on rows (N, C) ----
     def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -63,10 +67,10 @@ class ExactMGCF:
     def _block_post(self, i: int, x: torch.Tensor, h: torch.Tensor, dw_acc: torch.Tensor) -> torch.Tensor:
         p = f"blocks.{i}."
         a = requantize(dw_acc + self.t[p + "dw.bias"])
-        gated = requantize(activation(a, self.lut_f["silu"]).mul_(self._linear(p + "gate_v", h)), ACT_FRAC)
+        gated = requantize(activation(a, self.luts["silu"]).mul_(self._linear(p + "gate_v", h)), ACT_FRAC)
         x = (x + self._linear(p + "gate_o", gated)).clamp_(-ACT_LIMIT, ACT_LIMIT)
         h2 = layer_norm(x, self.t[p + "norm2.weight"], self.t[p + "norm2.bias"])
-        u = activation(self._linear(p + "fc1", h2), self.lut_f["gelu"])
+        u = activation(self._linear(p + "fc1", h2), self.luts["gelu"])
         return x.add_(self._linear(p + "fc2", u)).clamp_(-ACT_LIMIT, ACT_LIMIT)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,10 +119,10 @@ class StepDecoder:
         self.r = cfg.kernel // 2
         dev = model.device
         self.pixels = torch.zeros(self.b, self.p + 2, self.p + 2, 3, dtype=torch.float64, device=dev)
-        # Cached inputs of the masked depth-wise convs; |values| < 2**22, exact in float32.
+        # Cached inputs of the masked depth-wise convs (zero outside the patch).
         side = self.p + 2 * self.r
         self.caches = [
-            torch.zeros(self.b, side * side, self.c, dtype=torch.float32, device=dev) for _ in range(cfg.depth)
+            torch.zeros(self.b, side * side, self.c, dtype=torch.float64, device=dev) for _ in range(cfg.depth)
         ]
         self.side = side
 
@@ -139,8 +143,8 @@ class StepDecoder:
         for i in range(m.cfg.depth):
             h, a = m._block_pre(i, x)
             cache = self.caches[i]
-            cache[:, centre, :] = a.view(b, n, c).to(torch.float32)
-            gathered = cache[:, tap_index, :].view(b, n, -1, c).to(torch.float64)
+            cache[:, centre, :] = a.view(b, n, c)
+            gathered = cache[:, tap_index, :].view(b, n, -1, c)
             acc = (gathered * m.dw_weight[i]).sum(2)
             x = m._block_post(i, x, h, acc.view(b * n, c))
         return m._head(x).view(b, n, -1)

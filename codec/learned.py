@@ -24,23 +24,24 @@ from codec.tables import frequency_tables
 from codec.wavefront import num_steps, step_positions
 
 
-def _patchify(pixels: np.ndarray, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W, 3) uint8 -> patches (B, P, P, 3) int64 and real-pixel mask (B, P, P)."""
+def _patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> patches (B, P, P, 3) uint8, padded with 128, in raster order."""
     h, w, _ = pixels.shape
     hp, wp = math.ceil(h / p) * p, math.ceil(w / p) * p
     padded = np.full((hp, wp, 3), 128, dtype=np.uint8)
     padded[:h, :w] = pixels
-    mask = np.zeros((hp, wp), dtype=bool)
-    mask[:h, :w] = True
     patches = padded.reshape(hp // p, p, wp // p, p, 3).transpose(0, 2, 1, 3, 4).reshape(-1, p, p, 3)
-    masks = mask.reshape(hp // p, p, wp // p, p).transpose(0, 2, 1, 3).reshape(-1, p, p)
-    return torch.from_numpy(patches.astype(np.int64)), torch.from_numpy(masks)
+    return torch.from_numpy(np.ascontiguousarray(patches))
 
 
-def _unpatchify(patches: torch.Tensor, h: int, w: int, p: int) -> np.ndarray:
-    nh, nw = math.ceil(h / p), math.ceil(w / p)
-    grid = patches.numpy().astype(np.uint8).reshape(nh, nw, p, p, 3).transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(grid.reshape(nh * p, nw * p, 3)[:h, :w])
+def _masks(h: int, w: int, p: int, seg: range) -> torch.Tensor:
+    """Real-pixel masks (len(seg), P, P) of the patches in ``seg``."""
+    per_row = math.ceil(w / p)
+    idx = torch.arange(seg.start, seg.stop)
+    rows_left = (h - (idx // per_row) * p).clamp(max=p)
+    cols_left = (w - (idx % per_row) * p).clamp(max=p)
+    r = torch.arange(p)
+    return (r[None, :, None] < rows_left[:, None, None]) & (r[None, None, :] < cols_left[:, None, None])
 
 
 def segments(num_patches: int, per_stream: int) -> list[range]:
@@ -71,10 +72,11 @@ def _code_step(coder, params: torch.Tensor, pixels: torch.Tensor, k: int, luts) 
 
 def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int) -> list[bytes]:
     p, k = model.cfg.patch, model.cfg.mixtures
-    patches, masks = _patchify(pixels, p)
+    h, w, _ = pixels.shape
+    patches = _patchify(pixels, p)
     streams = []
     for seg in segments(patches.shape[0], per_stream):
-        seg_patches, seg_mask = patches[seg.start : seg.stop], masks[seg.start : seg.stop]
+        seg_patches, seg_mask = patches[seg.start : seg.stop].long(), _masks(h, w, p, seg)
         params = model.full_params(seg_patches)
         coder = Encoder()
         for step in range(_segment_steps(seg_mask)):
@@ -89,13 +91,13 @@ def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int) -> list[by
 
 def decode_rgb(streams: list[bytes], height: int, width: int, model: ExactMGCF, per_stream: int) -> np.ndarray:
     p, k = model.cfg.patch, model.cfg.mixtures
-    _, masks = _patchify(np.zeros((height, width, 3), np.uint8), p)
-    seg_ranges = segments(masks.shape[0], per_stream)
+    nh, nw = math.ceil(height / p), math.ceil(width / p)
+    seg_ranges = segments(nh * nw, per_stream)
     if len(seg_ranges) != len(streams):
         raise CorruptFileError(f"expected {len(seg_ranges)} streams, found {len(streams)}")
-    out = torch.full((masks.shape[0], p, p, 3), 128, dtype=torch.int64)
+    out = torch.full((nh * nw, p, p, 3), 128, dtype=torch.uint8)
     for seg, data in zip(seg_ranges, streams, strict=True):
-        seg_mask = masks[seg.start : seg.stop]
+        seg_mask = _masks(height, width, p, seg)
         b = seg_mask.shape[0]
         state = model.step_decoder(b)
         coder = Decoder(data)
@@ -107,5 +109,6 @@ def decode_rgb(streams: list[bytes], height: int, width: int, model: ExactMGCF, 
             pix[real] = _code_step(coder, params.reshape(-1, params.shape[-1])[real], pix[real], k, model.luts)
             pix = pix.view(b, rows.numel(), 3)
             state.set_pixels(step, pix)
-            out[seg.start : seg.stop, rows, cols] = pix.cpu()
-    return _unpatchify(out, height, width, p)
+            out[seg.start : seg.stop, rows, cols] = pix.cpu().to(torch.uint8)
+    grid = out.numpy().reshape(nh, nw, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(nh * p, nw * p, 3)
+    return np.ascontiguousarray(grid[:height, :width])

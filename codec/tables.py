@@ -11,6 +11,8 @@ argument z at 2**-26; CDF values at 2**-24; mixture weights at 2**-12 (the large
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from codec.fixedpoint import (
@@ -35,10 +37,17 @@ _Z_SHIFT = _Z_FRAC - ACT_FRAC  # sigmoid table step is 2**-12
 _LS_LO, _LS_HI = round(LOG_SCALE_MIN * _ONE), round(LOG_SCALE_MAX * _ONE)
 
 
+@functools.cache
+def _edge_index(device: torch.device) -> torch.Tensor:
+    return torch.arange(NUM_SYMBOLS - 1, dtype=torch.float64, device=device)
+
+
 def frequency_tables(
     params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Tables (N, 256) int64 for ``channel`` of N positions.
+
+    ``luts`` are the model's tables as float64 (``ExactMGCF.luts``).
 
     ``params`` (N, 10K) are the exact network outputs; ``pixels`` (N, 3) must hold the true R
     (and G) values when coding G (and B); later channels are ignored.
@@ -56,7 +65,7 @@ def _tables(
     p = params.long()
     n = p.shape[0]
     logits = p[:, :k]
-    weights = lut_lookup(logits - logits.max(1, keepdim=True).values, luts["exp"], -EXP_LUT_RANGE * _ONE, 0)
+    weights = lut_lookup(logits - logits.max(1, keepdim=True).values, luts["exp"], -EXP_LUT_RANGE * _ONE, 0).long()
     mean = 128 * 64 + p[:, k * (1 + channel) : k * (2 + channel)]  # 1/64 pixel
     if channel > 0:
         pix = pixels.to(p.device).long() - 128
@@ -64,17 +73,22 @@ def _tables(
         lim = TANH_LUT_RANGE * _ONE
 
         def tanh(j: int) -> torch.Tensor:
-            return lut_lookup(coupling[:, j * k : (j + 1) * k], luts["tanh"], -lim, lim)
+            return lut_lookup(coupling[:, j * k : (j + 1) * k], luts["tanh"], -lim, lim).long()
 
         shift = tanh(0) * pix[:, 0:1] if channel == 1 else tanh(1) * pix[:, 0:1] + tanh(2) * pix[:, 1:2]
         mean = mean + torch.div(shift + 32, 64, rounding_mode="floor")
     log_scale = p[:, k * (4 + channel) : k * (5 + channel)]
-    inv_scale = lut_lookup(log_scale, luts["inv_scale"], _LS_LO, _LS_HI)
-    edges = torch.arange(NUM_SYMBOLS - 1, device=p.device, dtype=torch.int64) * 64 + 32
-    z = (edges - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1)  # (n, k, 255), |z| < 2**48
-    idx = (z.clamp_(-_Z_LIMIT, _Z_LIMIT) + (_Z_LIMIT + (1 << (_Z_SHIFT - 1)))) >> _Z_SHIFT
-    cdf = luts["sigmoid"][idx]  # (n, k, 255), 0..2**24
-    mixed = (cdf * weights.unsqueeze(-1)).sum(1)  # (n, 255), < 2**39
+    inv_scale = lut_lookup(log_scale, luts["inv_scale"], _LS_LO, _LS_HI).long()
+    # z at edge v is (64 v + 32 - mean) * inv_scale = offset + v * slope, in 2**-26 units. Shifted
+    # by _Z_LIMIT + half a table step and scaled by 2**-_Z_SHIFT, both terms are exact float64
+    # dyadics (< 2**48 with 14 fractional bits), so one multiply-add gives the exact table position
+    # and truncating it (it is clamped to be >= 0) is the floor.
+    scale = 2.0**-_Z_SHIFT
+    slope = (inv_scale * 64).double().mul_(scale).unsqueeze(-1)
+    offset = ((32 - mean) * inv_scale + (_Z_LIMIT + (1 << (_Z_SHIFT - 1)))).double().mul_(scale).unsqueeze(-1)
+    position = torch.addcmul(offset, slope, _edge_index(p.device)).clamp_(0, 2 * _Z_LIMIT * scale)
+    cdf = luts["sigmoid"][position.long()]  # (n, k, 255), 0..2**24
+    mixed = torch.bmm(weights.double().unsqueeze(1), cdf).squeeze(1).long()  # (n, 255), exact: < 2**39
     total_weight = weights.sum(1, keepdim=True)
     zero = torch.zeros(n, 1, dtype=torch.int64, device=p.device)
     cumulative = torch.cat((zero, mixed, total_weight << SIGMOID_FRAC), 1)

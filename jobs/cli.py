@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import codec
 from codec.errors import CallicError
-from codec.images import image_format, read_image, write_image
+from codec.images import image_format, read_image, write_image_bytes
 
 EXIT_USAGE = 64
 
@@ -29,6 +31,19 @@ def _setup_torch(threads: int | None, device: str) -> None:
         raise CallicError("--device cuda: no CUDA device is available")
 
 
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file and a rename: a full disk or a kill never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def cmd_encode(args) -> int:
     _setup_torch(args.threads, args.device)
     raster = read_image(args.input)
@@ -38,7 +53,7 @@ def cmd_encode(args) -> int:
         raster, model=model, device=args.device, verify=args.verify, patches_per_stream=args.patches_per_stream
     )
     seconds = time.perf_counter() - start
-    Path(args.output).write_bytes(data)
+    write_atomically(args.output, data)
     meta = codec.info(data)
     print(
         f"{args.input} -> {args.output}: {meta['bytes']} bytes, {meta['bits_per_subpixel']:.3f} bpsp, "
@@ -49,10 +64,11 @@ def cmd_encode(args) -> int:
 
 def cmd_decode(args) -> int:
     _setup_torch(args.threads, "cpu")
-    image_format(args.output)  # refuse an unknown output format before decoding
+    fmt = image_format(args.output)  # refuse an unknown output format before decoding
     start = time.perf_counter()
-    raster = codec.decode(Path(args.input).read_bytes())
-    write_image(raster, args.output)
+    model = codec.load_model(args.model) if args.model else None
+    raster = codec.decode(Path(args.input).read_bytes(), model=model)
+    write_atomically(args.output, write_image_bytes(raster, fmt))
     print(
         f"{args.input} -> {args.output}: {raster.width}x{raster.height} {raster.mode}, "
         f"{time.perf_counter() - start:.2f} s, pixels verified"
@@ -88,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--threads", type=int)
+    p.add_argument("--model", help="model file, if the one the file names is not installed")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("info", help="print what a .cllc file holds")
