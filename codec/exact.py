@@ -29,6 +29,7 @@ from codec.fixedpoint import (
 from codec.wavefront import kernel_offsets, step_positions
 
 PATCH_CHUNK_POSITIONS = 8192  # positions per chunk of the encoder's parallel pass
+ROW_SLICE = 2048  # rows per slice of the pointwise layers
 
 
 class ExactMGCF:
@@ -90,19 +91,28 @@ class ExactMGCF:
         x_in = (patches.to(self.device, torch.float64) - 128.0) * 64.0
         padded = torch.nn.functional.pad(x_in, (0, 0, 1, 1, 1, 1))
         taps = torch.cat([padded[:, 1 + dr : 1 + dr + p, 1 + dc : 1 + dc + p, :] for dr, dc in self.embed_taps], -1)
-        x = self._embed(taps.reshape(b * p * p, -1))
+        x = _by_rows(self._embed, taps.reshape(b * p * p, -1))
         r = self.cfg.kernel // 2
         for i in range(self.cfg.depth):
-            h, a = self._block_pre(i, x)
+            h, a = _by_rows(lambda rows, i=i: self._block_pre(i, rows), x)
             a_pad = torch.nn.functional.pad(a.view(b, p, p, c), (0, 0, r, r, r, r))
             acc = torch.zeros(b, p, p, c, dtype=torch.float64, device=self.device)
             for (dr, dc), w in zip(self.dw_taps, self.dw_weight[i], strict=True):
-                acc.add_(a_pad[:, r + dr : r + dr + p, r + dc : r + dc + p, :] * w)
-            x = self._block_post(i, x, h, acc.view(b * p * p, c))
-        return self._head(x).view(b, p, p, -1)
+                acc.addcmul_(a_pad[:, r + dr : r + dr + p, r + dc : r + dc + p, :], w)
+            x = _by_rows(lambda *rows, i=i: self._block_post(i, *rows), x, h, acc.view(b * p * p, c))
+        return _by_rows(self._head, x).view(b, p, p, -1)
 
     def step_decoder(self, num_patches: int) -> StepDecoder:
         return StepDecoder(self, num_patches)
+
+
+def _by_rows(fn, *tensors: torch.Tensor):
+    """Apply a row-wise ``fn`` in slices of ROW_SLICE rows: the lookup tables' gathers and the
+    elementwise passes run several times faster on operands that stay in the CPU's caches."""
+    parts = [fn(*(t[s : s + ROW_SLICE] for t in tensors)) for s in range(0, tensors[0].shape[0], ROW_SLICE)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(group) for group in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 class StepDecoder:
@@ -139,13 +149,15 @@ class StepDecoder:
         taps = torch.cat([self.pixels[:, rows + 1 + dr, cols + 1 + dc, :] for dr, dc in m.embed_taps], -1)
         x = m._embed(taps.reshape(b * n, -1))
         centre = (rows + r) * side + (cols + r)
-        tap_index = torch.stack([centre + dr * side + dc for dr, dc in m.dw_taps], 1).reshape(-1)  # (n * taps)
+        tap_rows = [centre + dr * side + dc for dr, dc in m.dw_taps]
         for i in range(m.cfg.depth):
             h, a = m._block_pre(i, x)
             cache = self.caches[i]
             cache[:, centre, :] = a.view(b, n, c)
-            gathered = cache[:, tap_index, :].view(b, n, -1, c)
-            acc = (gathered * m.dw_weight[i]).sum(2)
+            # One tap at a time keeps the temporaries small enough to stay in cache.
+            acc = torch.zeros(b, n, c, dtype=torch.float64, device=m.device)
+            for index, w in zip(tap_rows, m.dw_weight[i], strict=True):
+                acc.add_(torch.index_select(cache, 1, index).mul_(w))
             x = m._block_post(i, x, h, acc.view(b * n, c))
         return m._head(x).view(b, n, -1)
 

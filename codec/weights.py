@@ -49,10 +49,16 @@ def file_name(digest: bytes) -> str:
     return f"mgcf-{digest.hex()[:16]}.safetensors"
 
 
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """Integer tensor as int32 when every value fits (most weights and all tables), else int64."""
+    t = t.long().contiguous()
+    return t.int() if t.numel() == 0 or int(t.abs().max()) < 2**31 else t
+
+
 def serialize(model: MGCF) -> bytes:
     tensors = {f"float.{k}": v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"exact.{k}": v.long().contiguous() for k, v in exact_tensors(model).items()}
-    tensors |= {f"lut.{k}": v for k, v in build_luts(LOG_SCALE_MIN, LOG_SCALE_MAX).items()}
+    tensors |= {f"exact.{k}": _compact(v) for k, v in exact_tensors(model).items()}
+    tensors |= {f"lut.{k}": _compact(v) for k, v in build_luts(LOG_SCALE_MIN, LOG_SCALE_MAX).items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
