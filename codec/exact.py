@@ -102,6 +102,10 @@ class ExactMGCF:
             x = _by_rows(lambda *rows, i=i: self._block_post(i, *rows), x, h, acc.view(b * p * p, c))
         return _by_rows(self._head, x).view(b, p, p, -1)
 
+    def cache_bytes_per_patch(self) -> int:
+        side = self.cfg.patch + 2 * (self.cfg.kernel // 2)
+        return 8 * side * side * self.cfg.width * self.cfg.depth
+
     def step_decoder(self, num_patches: int) -> StepDecoder:
         return StepDecoder(self, num_patches)
 

@@ -23,6 +23,8 @@ from codec.exact import ExactMGCF
 from codec.tables import frequency_tables
 from codec.wavefront import num_steps, step_positions
 
+DECODER_BATCH_BYTES = 2 << 30  # memory for the decoder's caches: patches decoded together
+
 
 def _patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> patches (B, P, P, 3) uint8, padded with 128, in raster order."""
@@ -59,15 +61,18 @@ def stream_count(height: int, width: int, patch: int, per_stream: int) -> int:
     return math.ceil(math.ceil(height / patch) * math.ceil(width / patch) / per_stream)
 
 
-def _code_step(coder, params: torch.Tensor, pixels: torch.Tensor, k: int, luts) -> torch.Tensor:
-    """Encode (``pixels`` known) or decode (``pixels`` filled in) one step's R, G, B symbols."""
+def _code_step(coders: list, counts: list[int], params: torch.Tensor, pixels: torch.Tensor, k: int, luts) -> None:
+    """Code one step's R, G, B symbols: ``params``/``pixels`` hold the real rows of consecutive
+    segments, ``counts[i]`` of them for ``coders[i]``. Encoders read ``pixels``; decoders fill them in.
+    Tables are computed once for all rows, then split among the coders."""
     for channel in range(3):
-        tables = frequency_tables(params, channel, pixels, k, luts)
-        if isinstance(coder, Encoder):
-            coder.encode(pixels[:, channel], tables)
+        tables = frequency_tables(params, channel, pixels, k, luts).split(counts)
+        if isinstance(coders[0], Encoder):
+            for coder, rows, t in zip(coders, pixels[:, channel].split(counts), tables, strict=True):
+                coder.encode(rows, t)
         else:
-            pixels[:, channel] = coder.decode(tables).to(pixels.device)
-    return pixels
+            decoded = [coder.decode(t) for coder, t in zip(coders, tables, strict=True)]
+            pixels[:, channel] = torch.cat(decoded).to(pixels.device)
 
 
 def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int) -> list[bytes]:
@@ -84,31 +89,55 @@ def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int) -> list[by
             real = seg_mask[:, rows, cols].reshape(-1).to(params.device)
             prm = params[:, rows.to(params.device), cols.to(params.device)].reshape(-1, params.shape[-1])[real]
             pix = seg_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
-            _code_step(coder, prm, pix, k, model.luts)
+            _code_step([coder], [prm.shape[0]], prm, pix, k, model.luts)
         streams.append(coder.finish())
     return streams
 
 
-def decode_rgb(streams: list[bytes], height: int, width: int, model: ExactMGCF, per_stream: int) -> np.ndarray:
+def _segment_groups(seg_ranges: list[range], max_patches: int) -> list[list[int]]:
+    """Consecutive segments batched together, up to ``max_patches`` patches (at least one segment)."""
+    groups: list[list[int]] = []
+    for i, seg in enumerate(seg_ranges):
+        if groups and seg.stop - seg_ranges[groups[-1][0]].start <= max_patches:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def decode_rgb(
+    streams: list[bytes], height: int, width: int, model: ExactMGCF, per_stream: int, max_patches: int | None = None
+) -> np.ndarray:
+    """Decode all segments, batching as many patches per step as ``max_patches`` (default: what
+    ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder."""
     p, k = model.cfg.patch, model.cfg.mixtures
     nh, nw = math.ceil(height / p), math.ceil(width / p)
     seg_ranges = segments(nh * nw, per_stream)
     if len(seg_ranges) != len(streams):
         raise CorruptFileError(f"expected {len(seg_ranges)} streams, found {len(streams)}")
+    if max_patches is None:
+        max_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
     out = torch.full((nh * nw, p, p, 3), 128, dtype=torch.uint8)
-    for seg, data in zip(seg_ranges, streams, strict=True):
-        seg_mask = _masks(height, width, p, seg)
-        b = seg_mask.shape[0]
-        state = model.step_decoder(b)
-        coder = Decoder(data)
-        for step in range(_segment_steps(seg_mask)):
+    for group in _segment_groups(seg_ranges, max_patches):
+        first = seg_ranges[group[0]].start
+        batch = range(first, seg_ranges[group[-1]].stop)
+        mask = _masks(height, width, p, batch)
+        local = [slice(seg_ranges[i].start - first, seg_ranges[i].stop - first) for i in group]
+        coders = [Decoder(streams[i]) for i in group]
+        steps = [_segment_steps(mask[sl]) for sl in local]
+        state = model.step_decoder(len(batch))
+        for step in range(max(steps)):
             params = state.params(step)
             rows, cols = step_positions(p, step)
-            real = seg_mask[:, rows, cols].reshape(-1).to(params.device)
-            pix = torch.full((b * rows.numel(), 3), 128, dtype=torch.int64, device=params.device)
-            pix[real] = _code_step(coder, params.reshape(-1, params.shape[-1])[real], pix[real], k, model.luts)
-            pix = pix.view(b, rows.numel(), 3)
+            real_mask = mask[:, rows, cols]
+            counts = [int(real_mask[sl].sum()) for sl in local]
+            real = real_mask.reshape(-1).to(params.device)
+            pix = torch.full((real.shape[0], 3), 128, dtype=torch.int64, device=params.device)
+            decoded = pix[real]
+            _code_step(coders, counts, params.reshape(-1, params.shape[-1])[real], decoded, k, model.luts)
+            pix[real] = decoded
+            pix = pix.view(len(batch), rows.numel(), 3)
             state.set_pixels(step, pix)
-            out[seg.start : seg.stop, rows, cols] = pix.cpu().to(torch.uint8)
+            out[first + torch.arange(len(batch))[:, None], rows[None, :], cols[None, :]] = pix.cpu().to(torch.uint8)
     grid = out.numpy().reshape(nh, nw, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(nh * p, nw * p, 3)
     return np.ascontiguousarray(grid[:height, :width])

@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float)
+    p.add_argument("--init", help="model file to continue from (its configuration is kept)")
     p.add_argument("--threads", type=int)
     p.set_defaults(func=lambda a: __import__("jobs.train", fromlist=["main"]).main(a))
     return parser

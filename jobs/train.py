@@ -19,7 +19,7 @@ from codec.config import MGCFConfig
 from codec.images import read_image
 from codec.mgcf import MGCF
 from codec.mixture import nll_bits
-from codec.weights import save_model
+from codec.weights import load_model_file, save_model
 
 IMAGE_SUFFIXES = {".png", ".ppm", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"}
 
@@ -61,10 +61,14 @@ def train(
     seed: int = 0,
     minutes: float | None = None,
     log=print,
+    init: MGCF | None = None,
+    on_checkpoint=None,
+    checkpoint_every: int = 200,
 ) -> MGCF:
+    """Train from scratch, or continue from ``init``; ``on_checkpoint(model)`` every few hundred steps."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model = MGCF(cfg)
+    model = init.train() if init is not None else MGCF(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     start = time.monotonic()
@@ -78,6 +82,9 @@ def train(
         sched.step()
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step} loss {loss.item():.4f} bpsp  {time.monotonic() - start:.0f}s")
+        if on_checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:
+            on_checkpoint(model.eval())
+            model.train()
         if minutes is not None and time.monotonic() - start > 60 * minutes:
             log(f"stopping after {minutes} minutes at step {step}")
             break
@@ -85,11 +92,22 @@ def train(
 
 
 def main(args) -> int:
-    cfg = MGCFConfig.tiny() if args.config == "tiny" else MGCFConfig()
+    init = load_model_file(args.init).float_model() if args.init else None
+    cfg = init.cfg if init is not None else MGCFConfig.tiny() if args.config == "tiny" else MGCFConfig()
     images = load_rgb_images(args.data, cfg.patch)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = train(images, cfg, args.steps, args.batch, args.lr, args.seed, args.minutes)
+    model = train(
+        images,
+        cfg,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.seed,
+        args.minutes,
+        init=init,
+        on_checkpoint=lambda m: print("checkpoint", save_model(m, args.out), flush=True),
+    )
     path = save_model(model, args.out)
     print(path)
     return 0
