@@ -24,6 +24,7 @@ pixel hash after decoding: it returns the original pixels or raises.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,9 @@ CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib"
 DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE"})
-MAX_PIXEL_BYTES = 1 << 32  # refuse to allocate more than 4 GiB of pixels for one image
+# Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
+# claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
+MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))
 MAX_PATCHES_PER_STREAM = 4096
 DEFAULT_PATCHES_PER_STREAM = 64
 
@@ -92,7 +95,10 @@ class Header:
         if h < 1 or w < 1 or not 1 <= c <= 16:
             raise CorruptFileError(f"impossible image size {h}x{w}x{c}")
         if h * w * c * np.dtype(DTYPES[dt]).itemsize > MAX_PIXEL_BYTES:
-            raise UnsupportedError(f"image of {h}x{w}x{c} exceeds the {MAX_PIXEL_BYTES >> 30} GiB decode limit")
+            raise UnsupportedError(
+                f"image of {h}x{w}x{c} exceeds the decode limit of {MAX_PIXEL_BYTES} bytes "
+                "(set CALLIC_MAX_PIXEL_BYTES to raise it)"
+            )
         return cls(coder, h, w, c, DTYPES[dt], mode, ph, mh, patch, per)
 
     @property

@@ -2,8 +2,9 @@
 
 The image is padded to a multiple of the patch size P with mid-grey (128, which the network sees
 as 0; padding is never coded) and cut into P x P patches in raster order. Consecutive runs of
-``patches_per_stream`` patches form a *segment*, coded as its own range-coded stream: segments
-bound the decoder's memory (its caches hold one segment), and could be decoded in parallel.
+``patches_per_stream`` patches form a *segment*, coded as its own range-coded stream. A segment is
+the smallest unit a decoder must hold in memory; the decoder batches as many segments as its
+memory budget allows (every patch of a typical photo), each with its own range decoder.
 
 Within a segment, the stream holds, for each wavefront step in order, the R symbols of every real
 pixel of that step (patch-major, then by row), then their G, then their B symbols. A segment
@@ -75,25 +76,6 @@ def _code_step(coders: list, counts: list[int], params: torch.Tensor, pixels: to
             pixels[:, channel] = torch.cat(decoded).to(pixels.device)
 
 
-def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int) -> list[bytes]:
-    p, k = model.cfg.patch, model.cfg.mixtures
-    h, w, _ = pixels.shape
-    patches = _patchify(pixels, p)
-    streams = []
-    for seg in segments(patches.shape[0], per_stream):
-        seg_patches, seg_mask = patches[seg.start : seg.stop].long(), _masks(h, w, p, seg)
-        params = model.full_params(seg_patches)
-        coder = Encoder()
-        for step in range(_segment_steps(seg_mask)):
-            rows, cols = step_positions(p, step)
-            real = seg_mask[:, rows, cols].reshape(-1).to(params.device)
-            prm = params[:, rows.to(params.device), cols.to(params.device)].reshape(-1, params.shape[-1])[real]
-            pix = seg_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
-            _code_step([coder], [prm.shape[0]], prm, pix, k, model.luts)
-        streams.append(coder.finish())
-    return streams
-
-
 def _segment_groups(seg_ranges: list[range], max_patches: int) -> list[list[int]]:
     """Consecutive segments batched together, up to ``max_patches`` patches (at least one segment)."""
     groups: list[list[int]] = []
@@ -105,6 +87,41 @@ def _segment_groups(seg_ranges: list[range], max_patches: int) -> list[list[int]
     return groups
 
 
+def _batches(height: int, width: int, model: ExactMGCF, per_stream: int, max_patches: int | None):
+    """Yield (patch range, real-pixel masks, per-segment local slices, segment indices) per batch."""
+    p = model.cfg.patch
+    seg_ranges = segments(math.ceil(height / p) * math.ceil(width / p), per_stream)
+    if max_patches is None:
+        max_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
+    for group in _segment_groups(seg_ranges, max_patches):
+        first = seg_ranges[group[0]].start
+        batch = range(first, seg_ranges[group[-1]].stop)
+        local = [slice(seg_ranges[i].start - first, seg_ranges[i].stop - first) for i in group]
+        yield batch, _masks(height, width, p, batch), local, group
+
+
+def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int, max_patches: int | None = None) -> list[bytes]:
+    """One parallel pass per batch of segments, then every step's symbols into each segment's stream."""
+    p, k = model.cfg.patch, model.cfg.mixtures
+    h, w, _ = pixels.shape
+    patches = _patchify(pixels, p)
+    streams = []
+    for batch, mask, local, _ in _batches(h, w, model, per_stream, max_patches):
+        batch_patches = patches[batch.start : batch.stop].long()
+        params = model.full_params(batch_patches)
+        coders = [Encoder() for _ in local]
+        for step in range(_segment_steps(mask)):
+            rows, cols = step_positions(p, step)
+            real_mask = mask[:, rows, cols]
+            counts = [int(real_mask[sl].sum()) for sl in local]
+            real = real_mask.reshape(-1).to(params.device)
+            prm = params[:, rows.to(params.device), cols.to(params.device)].reshape(-1, params.shape[-1])[real]
+            pix = batch_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
+            _code_step(coders, counts, prm, pix, k, model.luts)
+        streams += [coder.finish() for coder in coders]
+    return streams
+
+
 def decode_rgb(
     streams: list[bytes], height: int, width: int, model: ExactMGCF, per_stream: int, max_patches: int | None = None
 ) -> np.ndarray:
@@ -112,21 +129,14 @@ def decode_rgb(
     ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder."""
     p, k = model.cfg.patch, model.cfg.mixtures
     nh, nw = math.ceil(height / p), math.ceil(width / p)
-    seg_ranges = segments(nh * nw, per_stream)
-    if len(seg_ranges) != len(streams):
-        raise CorruptFileError(f"expected {len(seg_ranges)} streams, found {len(streams)}")
-    if max_patches is None:
-        max_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
+    expected = stream_count(height, width, p, per_stream)
+    if len(streams) != expected:
+        raise CorruptFileError(f"expected {expected} streams, found {len(streams)}")
     out = torch.full((nh * nw, p, p, 3), 128, dtype=torch.uint8)
-    for group in _segment_groups(seg_ranges, max_patches):
-        first = seg_ranges[group[0]].start
-        batch = range(first, seg_ranges[group[-1]].stop)
-        mask = _masks(height, width, p, batch)
-        local = [slice(seg_ranges[i].start - first, seg_ranges[i].stop - first) for i in group]
+    for batch, mask, local, group in _batches(height, width, model, per_stream, max_patches):
         coders = [Decoder(streams[i]) for i in group]
-        steps = [_segment_steps(mask[sl]) for sl in local]
         state = model.step_decoder(len(batch))
-        for step in range(max(steps)):
+        for step in range(_segment_steps(mask)):
             params = state.params(step)
             rows, cols = step_positions(p, step)
             real_mask = mask[:, rows, cols]
@@ -138,6 +148,8 @@ def decode_rgb(
             pix[real] = decoded
             pix = pix.view(len(batch), rows.numel(), 3)
             state.set_pixels(step, pix)
-            out[first + torch.arange(len(batch))[:, None], rows[None, :], cols[None, :]] = pix.cpu().to(torch.uint8)
+            out[batch.start + torch.arange(len(batch))[:, None], rows[None, :], cols[None, :]] = pix.cpu().to(
+                torch.uint8
+            )
     grid = out.numpy().reshape(nh, nw, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(nh * p, nw * p, 3)
     return np.ascontiguousarray(grid[:height, :width])

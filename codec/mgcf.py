@@ -70,6 +70,11 @@ class MGCF(nn.Module):
         self.embed = MaskedConv2d(3, self.cfg.width, 3, strict=True)
         self.blocks = nn.ModuleList(Block(self.cfg) for _ in range(self.cfg.depth))
         self.head = nn.Linear(self.cfg.width, self.cfg.head_channels)
+        with torch.no_grad():  # start from broad, centred predictions (~8 bpsp, not ~50)
+            k = self.cfg.mixtures
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+            self.head.bias[4 * k : 7 * k] = 2.0  # log-scales: logistic scale e^2 ~ 7 pixels
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W), values 0..255 -> mixture parameters (B, H, W, 10K).

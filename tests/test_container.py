@@ -79,3 +79,11 @@ def test_fuzz_truncations_and_bit_flips(files):
             codec.decode(bad)
         worst = max(worst, time.perf_counter() - start)
     assert worst < 3.0, worst
+
+
+def test_oversized_image_claim_is_refused_before_allocating(files, monkeypatch):
+    import codec.api
+
+    monkeypatch.setattr(codec.api, "MAX_PIXEL_BYTES", 1000)
+    with pytest.raises(UnsupportedError, match="decode limit"):
+        codec.decode(files["rgb"])  # 40 x 56 x 3 = 6720 bytes of pixels

@@ -75,12 +75,14 @@ def test_segmenting_does_not_change_pixels(samples, tiny_model, per_stream):
     assert_same_pixels(codec.decode(data).pixels, img)
 
 
-def test_decoder_batching_does_not_change_pixels(samples, tiny_model):
+def test_batching_changes_neither_bytes_nor_pixels(samples, tiny_model):
     from codec import learned
 
     img = samples["kodim23-crop"][:50, :70]
     net = tiny_model[0]
     streams = learned.encode_rgb(img, net, per_stream=5)
+    assert learned.encode_rgb(img, net, per_stream=5, max_patches=1) == streams
+    assert learned.encode_rgb(img, net, per_stream=5, max_patches=12) == streams
     for max_patches in (1, 5, 12, 1000):
         assert_same_pixels(learned.decode_rgb(streams, 50, 70, net, 5, max_patches=max_patches), img)
 
