@@ -100,6 +100,15 @@ def _batches(height: int, width: int, model: ExactMGCF, per_stream: int, max_pat
         yield batch, _masks(height, width, p, batch), local, group
 
 
+def _step_rows(mask: torch.Tensor, local: list[slice], p: int, step: int, device):
+    """Positions of ``step``, which of the batch's rows are real pixels (patch-major order, the
+    order of the streams), and how many of them belong to each segment."""
+    rows, cols = step_positions(p, step)
+    real_mask = mask[:, rows, cols]
+    counts = [int(real_mask[sl].sum()) for sl in local]
+    return rows, cols, real_mask.reshape(-1).to(device), counts
+
+
 def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int, max_patches: int | None = None) -> list[bytes]:
     """One parallel pass per batch of segments, then every step's symbols into each segment's stream."""
     p, k = model.cfg.patch, model.cfg.mixtures
@@ -111,10 +120,7 @@ def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int, max_patche
         params = model.full_params(batch_patches)
         coders = [Encoder() for _ in local]
         for step in range(_segment_steps(mask)):
-            rows, cols = step_positions(p, step)
-            real_mask = mask[:, rows, cols]
-            counts = [int(real_mask[sl].sum()) for sl in local]
-            real = real_mask.reshape(-1).to(params.device)
+            rows, cols, real, counts = _step_rows(mask, local, p, step, params.device)
             prm = params[:, rows.to(params.device), cols.to(params.device)].reshape(-1, params.shape[-1])[real]
             pix = batch_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
             _code_step(coders, counts, prm, pix, k, model.luts)
@@ -138,10 +144,7 @@ def decode_rgb(
         state = model.step_decoder(len(batch))
         for step in range(_segment_steps(mask)):
             params = state.params(step)
-            rows, cols = step_positions(p, step)
-            real_mask = mask[:, rows, cols]
-            counts = [int(real_mask[sl].sum()) for sl in local]
-            real = real_mask.reshape(-1).to(params.device)
+            rows, cols, real, counts = _step_rows(mask, local, p, step, params.device)
             pix = torch.full((real.shape[0], 3), 128, dtype=torch.int64, device=params.device)
             decoded = pix[real]
             _code_step(coders, counts, params.reshape(-1, params.shape[-1])[real], decoded, k, model.luts)
