@@ -60,6 +60,7 @@ def test_transparent_palette_png(tmp_path, tiny_model):
     im.save(tmp_path / "p.png", transparency=3)
     raster = read_image(tmp_path / "p.png")
     write_image(codec.decode(codec.encode(raster)), tmp_path / "q.png")
+    assert_same_pixels(read_image(tmp_path / "q.png").pixels, raster.pixels)
     with Image.open(tmp_path / "q.png") as q, Image.open(tmp_path / "p.png") as p:
         assert q.info.get("transparency") == p.info.get("transparency") == 3
         assert np.array_equal(np.asarray(q.convert("RGBA")), np.asarray(p.convert("RGBA")))

@@ -100,3 +100,4 @@ def test_large_image(tiny_model):
 def test_verify_flag(samples, tiny_model):
     data = codec.encode(samples["chelsea-crop"], model=tiny_model, verify=True)
     assert codec.info(data)["coder"] == "mgcf"
+    assert_same_pixels(codec.decode(data).pixels, samples["chelsea-crop"])
