@@ -18,17 +18,10 @@ from pathlib import Path
 import codec
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
+from jobs import bench, datasets, train
+from jobs.runtime import setup_torch
 
 EXIT_USAGE = 64
-
-
-def _setup_torch(threads: int | None, device: str) -> None:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CallicError("--device cuda: no CUDA device is available")
 
 
 def write_atomically(path: str | Path, data: bytes) -> None:
@@ -45,7 +38,7 @@ def write_atomically(path: str | Path, data: bytes) -> None:
 
 
 def cmd_encode(args) -> int:
-    _setup_torch(args.threads, args.device)
+    setup_torch(args.threads, args.device)
     raster = read_image(args.input)
     model = codec.load_model(args.model, args.device) if raster.mode in ("RGB", "RGBA") else None
     start = time.perf_counter()
@@ -63,7 +56,7 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    _setup_torch(args.threads, "cpu")
+    setup_torch(args.threads, "cpu")
     fmt = image_format(args.output)  # refuse an unknown output format before decoding
     start = time.perf_counter()
     model = codec.load_model(args.model) if args.model else None
@@ -116,18 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.set_defaults(func=lambda a: __import__("jobs.demo", fromlist=["main"]).main(a))
 
-    p = sub.add_parser("train", help="pre-train an MGCF model on a folder of images")
-    p.add_argument("data")
-    p.add_argument("--out", default="models")
-    p.add_argument("--config", choices=["default", "tiny"], default="default")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float)
-    p.add_argument("--init", help="model file to continue from (its configuration is kept)")
-    p.add_argument("--threads", type=int)
-    p.set_defaults(func=lambda a: __import__("jobs.train", fromlist=["main"]).main(a))
+    train.add_parser(sub)
+    datasets.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

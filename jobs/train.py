@@ -1,113 +1,419 @@
-"""``callic train``: pre-train MGCF on random 64x64 crops (with flips) of a folder of images.
+"""``callic train``: pre-train MGCF on random 64x64 crops (with flips) of a folder or URL of images.
 
-Loss: the mixture's bits per subpixel (``codec.mixture.nll_bits``); Adam with a cosine learning
-rate. This is the minimal trainer that produced the interim shipped weights; checkpoints,
-validation and multi-worker training are added with the training issue.
+One training loop, ``train_loop``, runs either directly in this process (``--workers 0``, the
+default: no Ray start-up, what a laptop or one CPU box wants) or on each worker of a Ray Train
+``TorchTrainer`` (``--workers N``, one per GPU or CPU slot, DistributedDataParallel over them).
+
+Choices the paper leaves open:
+- Loss: the mixture's bits per subpixel (``codec.mixture.nll_bits``), mean over the batch; Adam,
+  gradient norm clipped at 1; learning rate warmed up linearly for ``warmup`` steps, then a cosine
+  down to 1% at ``steps``.
+- Crops: an image is drawn uniformly (not by area, so the few large BBC photographs do not drown
+  the rest), then a uniform 64x64 crop, each flip with probability 1/2. The crops of step ``s`` on
+  worker ``r`` depend only on (seed, r, s): resuming needs no RNG state, and a resumed run makes
+  exactly the step the uninterrupted run would have made.
+- Mixed precision: bfloat16 autocast on CUDA (the mixture's likelihood in float32); float32 on CPU.
+- Validation: estimated bpsp (from likelihoods, not coded) of the float model on a fixed set of
+  64x64 tiles spread evenly over the ``--val`` images: 64x64 because the codec codes each patch
+  on its own, so a tile's NLL is what its patch costs.
+- Checkpoints: ``<out>/checkpoint.pt`` (model, optimizer, next step, wall time; loaded with
+  ``weights_only=True``, no pickle) every ``--checkpoint-minutes`` and at the end; ``<out>/log.csv``
+  has one row per validation; ``<out>/model/`` holds the latest exported model file. Running the
+  same command again resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import math
-import random
+import os
+import sys
+import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from codec.config import MGCFConfig
+from codec.errors import CallicError
 from codec.images import read_image
 from codec.mgcf import MGCF
 from codec.mixture import nll_bits
 from codec.weights import load_model_file, save_model
+from jobs.imagefiles import list_images
 
-IMAGE_SUFFIXES = {".png", ".ppm", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"}
+LOG_FIELDS = ("step", "elapsed_s", "lr", "train_bpsp", "val_bpsp", "workers", "device")
 
 
-def load_rgb_images(folder: str | Path, min_side: int) -> list[np.ndarray]:
+@dataclass
+class TrainConfig:
+    data: str
+    out: str = "callic-train"
+    val: str | None = None
+    config: str = "default"
+    init: str | None = None
+    steps: int = 100_000
+    batch: int = 8
+    lr: float = 5e-4
+    warmup: int = 200
+    seed: int = 0
+    minutes: float | None = None
+    stop_after: int | None = None
+    checkpoint_minutes: float = 5.0
+    val_every: int = 500
+    val_tiles: int = 64
+    threads: int | None = None
+    device: str = "auto"
+    workers: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def load_rgb_images(url: str, min_side: int) -> list[np.ndarray]:
+    """Every 8-bit RGB(A) image under ``url`` at least ``min_side`` on each side, as RGB arrays."""
+    fs, paths = list_images(url)
     images = []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            raster = read_image(path)
-            if raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA"):
-                px = raster.pixels[..., :3]
-                if min(px.shape[:2]) >= min_side:
-                    images.append(np.ascontiguousarray(px))
+    for path in paths:
+        raster = read_image(fs.cat_file(path))
+        if raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA"):
+            px = raster.pixels[..., :3]
+            if min(px.shape[:2]) >= min_side:
+                images.append(np.ascontiguousarray(px))
     if not images:
-        raise SystemExit(f"no RGB images of at least {min_side}x{min_side} under {folder}")
+        raise CallicError(f"no 8-bit RGB images of at least {min_side}x{min_side} under {url}")
     return images
 
 
-def random_crops(images: list[np.ndarray], n: int, size: int, rng: random.Random) -> torch.Tensor:
+def step_crops(images: list[np.ndarray], n: int, size: int, seed: int, rank: int, step: int) -> torch.Tensor:
+    """The (n, 3, size, size) uint8 batch of worker ``rank`` at ``step``: a pure function of its arguments."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + step)
+    draws = torch.randint(0, 1 << 30, (n, 5), generator=g).tolist()
     crops = []
-    for _ in range(n):
-        img = images[rng.randrange(len(images))]
-        y, x = rng.randrange(img.shape[0] - size + 1), rng.randrange(img.shape[1] - size + 1)
+    for pick, yr, xr, fx, fy in draws:
+        img = images[pick % len(images)]
+        y, x = yr % (img.shape[0] - size + 1), xr % (img.shape[1] - size + 1)
         c = img[y : y + size, x : x + size]
-        if rng.random() < 0.5:
+        if fx & 1:
             c = c[:, ::-1]
-        if rng.random() < 0.5:
+        if fy & 1:
             c = c[::-1]
         crops.append(np.ascontiguousarray(c))
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
 
 
-def train(
-    images: list[np.ndarray],
-    cfg: MGCFConfig,
-    steps: int,
-    batch: int = 8,
-    lr: float = 5e-4,
-    seed: int = 0,
-    minutes: float | None = None,
-    log=print,
-    init: MGCF | None = None,
-    on_checkpoint=None,
-    checkpoint_every: int = 200,
-) -> MGCF:
-    """Train from scratch, or continue from ``init``; ``on_checkpoint(model)`` every few hundred steps."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model = init.train() if init is not None else MGCF(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    start = time.monotonic()
-    for step in range(steps):
-        x = random_crops(images, batch, cfg.patch, rng)
-        loss = nll_bits(model(x), x.permute(0, 2, 3, 1), cfg.mixtures).mean()
-        opt.zero_grad()
+def validation_tiles(images: list[np.ndarray], count: int, size: int) -> torch.Tensor:
+    """``count`` non-overlapping tiles spread evenly over all tile positions of all images."""
+    positions = [
+        (i, y, x)
+        for i, img in enumerate(images)
+        for y in range(0, img.shape[0] - size + 1, size)
+        for x in range(0, img.shape[1] - size + 1, size)
+    ]
+    picks = np.linspace(0, len(positions) - 1, min(count, len(positions))).round().astype(int)
+    tiles = [images[i][y : y + size, x : x + size] for i, y, x in (positions[k] for k in picks)]
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+
+def learning_rate(tc: TrainConfig, step: int) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    t = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def loss_bpsp(model: torch.nn.Module, x: torch.Tensor, cfg: MGCFConfig, amp: bool) -> torch.Tensor:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        params = model(x)
+    return nll_bits(params.float(), x.permute(0, 2, 3, 1), cfg.mixtures).mean()
+
+
+@torch.no_grad()
+def validate(model: MGCF, tiles: torch.Tensor, device: torch.device, batch: int = 16) -> float:
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(tiles), batch):
+        x = tiles[i : i + batch].to(device)
+        total += nll_bits(model(x).float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum().item()
+    model.train(was_training)
+    return total / (tiles.numel())
+
+
+class Run:
+    """Where a run keeps its state: ``out`` may be a local folder or an fsspec URL."""
+
+    def __init__(self, out: str):
+        self.fs, self.root = fsspec.core.url_to_fs(str(out))
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def write(self, name: str, data: bytes) -> None:
+        """Whole-file write: rename on local disks, one PUT on object stores, so never half a file."""
+        target = self.path(name)
+        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem):
+            tmp = target + ".part"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def read(self, name: str) -> bytes | None:
+        return self.fs.cat_file(self.path(name)) if self.fs.exists(self.path(name)) else None
+
+    def save_checkpoint(self, model: MGCF, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+        buf = io.BytesIO()
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed,
+            "config": model.cfg.to_json(),
+        }
+        torch.save(state, buf)
+        self.write("checkpoint.pt", buf.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        data = self.read("checkpoint.pt")
+        return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def log_rows(self, upto_step: int) -> list[dict]:
+        data = self.read("log.csv")
+        rows = list(csv.DictReader(io.StringIO(data.decode()))) if data else []
+        return [r for r in rows if int(r["step"]) <= upto_step]
+
+    def write_log(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write("log.csv", buf.getvalue().encode())
+
+    def export(self, model: MGCF) -> str:
+        """Write the model file (``model/mgcf-<hash>.safetensors``), then drop older ones."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_model(model, tmp)
+            self.fs.makedirs(self.path("model"), exist_ok=True)
+            self.write(f"model/{local.name}", local.read_bytes())
+        for old in self.fs.glob(self.path("model/*.safetensors")):
+            if not old.endswith(local.name):
+                self.fs.rm(old)
+        return self.path(f"model/{local.name}")
+
+
+class Context:
+    """What the loop needs from its runner: this worker's rank, world size and device, a way to
+    wrap the model for data parallelism, agreement between workers, and metric reporting."""
+
+    rank = 0
+    world = 1
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def report(self, metrics: dict) -> None:
+        pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CallicError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def initial_model(tc: TrainConfig) -> MGCF:
+    if tc.init:
+        return load_model_file(tc.init).float_model()
+    return MGCF(MGCFConfig.tiny() if tc.config == "tiny" else MGCFConfig())
+
+
+def train_loop(config: dict, ctx: Context | None = None) -> str | None:
+    """Train (or resume) as ``config`` (a ``TrainConfig`` as a dict) says; rank 0 returns the model path."""
+    tc = TrainConfig(**config)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    ctx = ctx or Context(pick_device(tc.device))
+    run = Run(tc.out)
+    model = initial_model(tc)
+    cfg = model.cfg
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    ckpt = run.load_checkpoint()
+    step, elapsed = 0, 0.0
+    if ckpt is not None:
+        if MGCFConfig.from_json(ckpt["config"]) != cfg:
+            raise CallicError(f"{run.path('checkpoint.pt')} holds a different model configuration")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
+    images = load_rgb_images(tc.data, cfg.patch)
+    tiles = validation_tiles(load_rgb_images(tc.val, cfg.patch), tc.val_tiles, cfg.patch) if tc.val else None
+    rows = run.log_rows(step) if ctx.rank == 0 else []
+    net = ctx.wrap(model.train())
+    amp = ctx.device.type == "cuda"
+    started, last_ckpt = time.monotonic() - elapsed, time.monotonic()
+    losses: list[float] = []
+    first_step = step
+    interval = 1 if sys.stderr.isatty() else 60
+    bar = tqdm(total=tc.steps, initial=step, disable=ctx.rank != 0, file=sys.stderr, mininterval=interval)
+    if ctx.rank == 0 and step == 0 and tiles is not None:
+        rows.append(_log_row(tc, ctx, 0, 0.0, [], validate(model, tiles, ctx.device)))
+        run.write_log(rows)
+    while step < tc.steps:
+        x = step_crops(images, tc.batch, cfg.patch, tc.seed, ctx.rank, step).to(ctx.device)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(tc, step)
+        loss = loss_bpsp(net, x, cfg, amp)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"step {step} loss {loss.item():.4f} bpsp  {time.monotonic() - start:.0f}s")
-        if on_checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:
-            on_checkpoint(model.eval())
-            model.train()
-        if minutes is not None and time.monotonic() - start > 60 * minutes:
-            log(f"stopping after {minutes} minutes at step {step}")
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(bpsp=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        now = time.monotonic()
+        out_of_time = ctx.agree(
+            (tc.minutes is not None and now - started - elapsed > 60 * tc.minutes)
+            or (tc.stop_after is not None and step - first_step >= tc.stop_after)
+        )
+        last = step == tc.steps or out_of_time
+        if ctx.rank == 0 and (step % tc.val_every == 0 or last):
+            val = validate(model, tiles, ctx.device) if tiles is not None else None
+            rows.append(_log_row(tc, ctx, step, now - started, losses, val))
+            losses = []
+            run.write_log(rows)
+            ctx.report({k: v for k, v in rows[-1].items() if v != ""})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "step"))
+        if ctx.rank == 0 and (last or now - last_ckpt > 60 * tc.checkpoint_minutes):
+            run.save_checkpoint(model, opt, step, now - started)
+            last_ckpt = now
+        if out_of_time:
+            bar.write(f"stopping at step {step} (time or step limit); run the same command to resume")
             break
-    return model.eval()
+    bar.close()
+    if ctx.rank != 0:
+        return None
+    path = run.export(model.eval())
+    print(f"model: {path}")
+    return path
+
+
+def _log_row(tc: TrainConfig, ctx: Context, step: int, elapsed: float, losses: list[float], val) -> dict:
+    return {
+        "step": step,
+        "elapsed_s": f"{elapsed:.1f}",
+        "lr": f"{learning_rate(tc, step - 1):.3g}",
+        "train_bpsp": f"{np.mean(losses):.4f}" if losses else "",
+        "val_bpsp": "" if val is None else f"{val:.4f}",
+        "workers": ctx.world,
+        "device": ctx.device.type if ctx.device.type == "cpu" else torch.cuda.get_device_name(ctx.device),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+class RayContext(Context):
+    """One Ray Train worker: DistributedDataParallel over the workers, metrics to Ray."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        super().__init__(ray.train.torch.get_device())
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def agree(self, flag: bool) -> bool:
+        """Stop together: every worker takes rank 0's decision, or DDP would wait forever."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return bool(t.item())
+
+    def report(self, metrics: dict) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
+
+
+def _ray_worker(config: dict) -> None:
+    train_loop(config, RayContext())
+
+
+def train_with_ray(tc: TrainConfig) -> None:
+    """Run ``train_loop`` on ``tc.workers`` Ray Train workers (GPUs when the cluster has them)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    use_gpu = tc.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= tc.workers
+    scaling = ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu, resources_per_worker={"CPU": tc.threads or 1})
+    storage = os.path.abspath(tc.out) if "://" not in tc.out else tc.out
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config=dataclasses.asdict(tc),
+        scaling_config=scaling,
+        run_config=RunConfig(name="ray", storage_path=storage),
+    )
+    trainer.fit()
 
 
 def main(args) -> int:
-    init = load_model_file(args.init).float_model() if args.init else None
-    cfg = init.cfg if init is not None else MGCFConfig.tiny() if args.config == "tiny" else MGCFConfig()
-    images = load_rgb_images(args.data, cfg.patch)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = train(
-        images,
-        cfg,
-        args.steps,
-        args.batch,
-        args.lr,
-        args.seed,
-        args.minutes,
-        init=init,
-        on_checkpoint=lambda m: print("checkpoint", save_model(m, args.out), flush=True),
-    )
-    path = save_model(model, args.out)
-    print(path)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    tc = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if tc.workers > 0:
+        train_with_ray(tc)
+    else:
+        train_loop(dataclasses.asdict(tc))
     return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="pre-train an MGCF model on a folder or URL of images (resumable)")
+    p.add_argument("data", help="folder or fsspec URL of training images")
+    p.add_argument("--out", default="callic-train", help="run folder or URL: checkpoint, log.csv, model/")
+    p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")
+    p.add_argument("--config", choices=["default", "tiny"], default="default")
+    p.add_argument("--init", help="model file to start from (its configuration is kept)")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps, help="total steps; sets the cosine schedule")
+    p.add_argument("--batch", type=int, default=TrainConfig.batch, help="crops per step per worker")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this run")
+    p.add_argument("--checkpoint-minutes", type=float, default=TrainConfig.checkpoint_minutes)
+    p.add_argument("--val-every", type=int, default=TrainConfig.val_every)
+    p.add_argument("--val-tiles", type=int, default=TrainConfig.val_tiles)
+    p.add_argument("--threads", type=int, help="torch CPU threads (per worker)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: train in this process, no Ray)")
+    p.set_defaults(func=main)

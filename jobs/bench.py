@@ -1,0 +1,513 @@
+"""``callic bench``: lossless benchmark of callic against the classic lossless coders.
+
+Every codec gets the same decoded 8-bit RGB pixel array; every round trip is checked (values,
+dtype and shape) and a mismatch is a failure, never a size. Sizes are the real encoded bytes
+(callic: the whole ``.cllc`` file, header and checksums included); bpsp = 8 * bytes / (H * W * 3).
+
+Codecs and their settings (imagecodecs; ``numthreads`` = ``--threads`` where the library takes it):
+
+============  ==================================================================================
+callic        ``codec.api.encode`` / ``decode`` with the given (or shipped) model
+jxl-e7/-e9    JPEG XL ``lossless=True, effort=7/9`` (``level=100`` is *not* lossless in imagecodecs)
+webp-m6       WebP lossless ``method=6, level=100`` (in lossless mode level is the effort: cwebp -z 9)
+jpeg2000      reversible 5/3 wavelet, ``mct=True`` (the reversible colour transform RCT), J2K codestream
+jpegls        JPEG-LS (CharLS) ``level=0`` (NEAR=0, lossless), sample-interleaved, after the HP1 colour
+              transform (R-G, G, B-G, mod 256) done here: imagecodecs exposes none of CharLS's own
+              HP1-HP3 transforms, and without one JPEG-LS codes RGB about 25% larger
+png           libpng, zlib ``level=9`` (best), libpng's default adaptive filtering
+============  ==================================================================================
+
+Output in ``--out``: ``results.parquet`` (one row per image and codec), ``report.md`` (per-image
+bpsp, per-codec summary, environment) and ``bpsp.png``; each written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+
+from codec.images import read_image
+from jobs.imagefiles import list_images, relative_name
+from jobs.runtime import setup_torch
+
+SUFFIXES = frozenset({".png", ".ppm", ".tif", ".tiff", ".bmp", ".webp"})
+ANCHOR_NAMES = ("jxl-e7", "jxl-e9", "webp-m6", "jpeg2000", "jpegls", "png")
+CODEC_NAMES = ("callic", *ANCHOR_NAMES)
+REFERENCE = "jxl-e9"  # the summary's ratios are to this codec's mean (else to the first codec)
+COLUMNS = ("image", "codec", "width", "height", "bytes", "bpsp", "encode_s", "decode_s", "verified", "error")
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One lossless codec under test: pixels -> bytes -> pixels."""
+
+    name: str
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes], np.ndarray]
+
+
+# ---------------------------------------------------------------- codecs
+
+
+def anchor_codecs(threads: int | None = None) -> dict[str, Codec]:
+    """The classic coders at their strongest standard lossless setting (see the module docstring).
+
+    The lambdas look the imagecodecs functions up at call time, so a test can patch one.
+    """
+    ic = imagecodecs
+    nt: dict[str, int] = {"numthreads": threads} if threads else {}
+    return {
+        "jxl-e7": Codec(
+            "jxl-e7", lambda a: ic.jpegxl_encode(a, lossless=True, effort=7, **nt), lambda b: ic.jpegxl_decode(b, **nt)
+        ),
+        "jxl-e9": Codec(
+            "jxl-e9", lambda a: ic.jpegxl_encode(a, lossless=True, effort=9, **nt), lambda b: ic.jpegxl_decode(b, **nt)
+        ),
+        "webp-m6": Codec(
+            "webp-m6",
+            lambda a: ic.webp_encode(a, level=100, lossless=True, method=6, **nt),
+            lambda b: ic.webp_decode(b),
+        ),
+        "jpeg2000": Codec(
+            "jpeg2000",
+            lambda a: ic.jpeg2k_encode(a, reversible=True, mct=True, codecformat="J2K", **nt),
+            lambda b: ic.jpeg2k_decode(b, **nt),
+        ),
+        "jpegls": Codec(
+            "jpegls",
+            lambda a: ic.jpegls_encode(subtract_green(a), level=0),
+            lambda b: add_green(ic.jpegls_decode(b)),
+        ),
+        "png": Codec("png", lambda a: ic.png_encode(a, level=9), lambda b: ic.png_decode(b)),
+    }
+
+
+def subtract_green(pixels: np.ndarray) -> np.ndarray:
+    """JPEG-LS's HP1 transform, R-G and B-G modulo 256: the decorrelation the anchor is quoted with."""
+    out = pixels.copy()
+    out[..., 0] -= pixels[..., 1]
+    out[..., 2] -= pixels[..., 1]
+    return out
+
+
+def add_green(pixels: np.ndarray) -> np.ndarray:
+    out = pixels.copy()
+    out[..., 0] += pixels[..., 1]
+    out[..., 2] += pixels[..., 1]
+    return out
+
+
+def callic_codec(model_path: str | None, device: str) -> tuple[Codec, str]:
+    """Our codec with its model loaded once (not per image); also the model file's SHA-256 for the report."""
+    import codec.api
+
+    model = codec.api.load_model(model_path, device)
+
+    def encode(pixels: np.ndarray) -> bytes:
+        return codec.api.encode(pixels, model=model, device=device)
+
+    def decode(data: bytes) -> np.ndarray:
+        return codec.api.decode(data, model=model, device=device).pixels
+
+    return Codec("callic", encode, decode), model[1].hex()
+
+
+def build_codecs(
+    names: Sequence[str], model_path: str | None, device: str, threads: int | None
+) -> tuple[list[Codec], str | None]:
+    """The selected codecs in the order given; the model is only loaded when callic is among them."""
+    anchors = anchor_codecs(threads)
+    codecs, model_hash = [], None
+    for name in names:
+        if name == "callic":
+            ours, model_hash = callic_codec(model_path, device)
+            codecs.append(ours)
+        else:
+            codecs.append(anchors[name])
+    return codecs, model_hash
+
+
+def parse_codecs(text: str) -> list[str]:
+    """``--codecs a,b``: known names, no repeats, order kept (it is the tables' column order)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in CODEC_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown codec {', '.join(unknown) or '(none)'}; use {','.join(CODEC_NAMES)}")
+    return names
+
+
+# ---------------------------------------------------------------- input
+
+
+def list_bench_images(url: str) -> tuple[Any, list[str], list[str]]:
+    """Image files under a folder or fsspec URL, recursively, sorted: (filesystem, paths, display names).
+
+    Names are relative to the input so that reports from different mounts or buckets line up.
+    """
+    fs, paths = list_images(url, tuple(sorted(SUFFIXES)))
+    return fs, paths, [relative_name(p, url, fs) for p in paths]
+
+
+class NotRGBError(ValueError):
+    """The image is readable but is not 8-bit RGB; the anchors are compared on RGB only."""
+
+    def __init__(self, message: str, height: int, width: int) -> None:
+        super().__init__(message)
+        self.height, self.width = height, width
+
+
+def load_pixels(fs: Any, path: str) -> np.ndarray:
+    """The decoded (H, W, 3) uint8 pixels of one file, fetched through fsspec (any storage)."""
+    raster = read_image(fs.cat_file(path))
+    pixels = raster.pixels
+    if raster.mode != "RGB" or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        message = f"not 8-bit RGB (mode {raster.mode}, {pixels.dtype}, shape {pixels.shape})"
+        raise NotRGBError(message, raster.height, raster.width)
+    return pixels
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def mismatch(original: np.ndarray, decoded: Any) -> str | None:
+    """Why ``decoded`` is not ``original`` bit for bit, or None: values, dtype and shape all count."""
+    if not isinstance(decoded, np.ndarray):
+        return f"decoder returned {type(decoded).__name__}, not an array"
+    if decoded.dtype != original.dtype:
+        return f"dtype {decoded.dtype}, expected {original.dtype}"
+    if decoded.shape != original.shape:
+        return f"shape {decoded.shape}, expected {original.shape}"
+    if not np.array_equal(decoded, original):
+        return f"{int(np.count_nonzero(decoded != original))} of {original.size} samples differ"
+    return None
+
+
+def new_row(
+    image: str, codec: str, height: int | None = None, width: int | None = None, error: str | None = None
+) -> Row:
+    """A result row with nothing measured yet: unverified until a round trip proves otherwise."""
+    row: Row = dict.fromkeys(COLUMNS)
+    row.update(image=image, codec=codec, height=height, width=width, verified=False, error=error)
+    return row
+
+
+def timed_encode(c: Codec, pixels: np.ndarray, repeat: int) -> tuple[bytes, float]:
+    """The encoded bytes and the median encode time over ``repeat`` runs."""
+    times, data = [], b""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        data = c.encode(pixels)
+        times.append(time.perf_counter() - start)
+    return bytes(data), statistics.median(times)
+
+
+def timed_decode(c: Codec, data: bytes, pixels: np.ndarray, repeat: int) -> tuple[str | None, float]:
+    """The first mismatch over every decode (each repeat is a round trip too) and the median time.
+
+    The comparison stays outside the timed region.
+    """
+    times, problem = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        decoded = c.decode(data)
+        times.append(time.perf_counter() - start)
+        problem = problem or mismatch(pixels, decoded)
+    return problem, statistics.median(times)
+
+
+def bench_one(c: Codec, image: str, pixels: np.ndarray, repeat: int) -> Row:
+    """One image through one codec; any exception becomes the row's error so the run goes on."""
+    height, width = pixels.shape[:2]
+    row = new_row(image, c.name, height, width)
+    try:
+        data, row["encode_s"] = timed_encode(c, pixels, repeat)
+        row["bytes"], row["bpsp"] = len(data), 8 * len(data) / (height * width * 3)
+        problem, row["decode_s"] = timed_decode(c, data, pixels, repeat)
+    except Exception as exc:  # a codec crash is a result to report, not a reason to stop
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        return row
+    row["verified"] = problem is None
+    row["error"] = None if problem is None else f"round trip differs: {problem}"
+    return row
+
+
+def run(fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Codec], repeat: int) -> list[Row]:
+    """Every (image, codec) pair, with a progress bar; an unreadable image gives one error row per codec."""
+    from tqdm import tqdm
+
+    rows: list[Row] = []
+    with tqdm(total=len(paths) * len(codecs), desc="bench", unit="run", file=sys.stderr) as bar:
+        for path, name in zip(paths, names, strict=True):
+            pixels, error, shape = None, None, (None, None)
+            try:
+                pixels = load_pixels(fs, path)
+            except NotRGBError as exc:
+                error, shape = str(exc), (exc.height, exc.width)
+            except Exception as exc:  # unreadable, storage error: recorded, not fatal
+                error = f"{type(exc).__name__}: {exc}"
+            for c in codecs:
+                bar.set_postfix_str(f"{name} {c.name}", refresh=False)
+                rows.append(
+                    bench_one(c, name, pixels, repeat) if pixels is not None else new_row(name, c.name, *shape, error)
+                )
+                bar.update()
+    return rows
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarize(rows: Sequence[Row], codec_names: Sequence[str]) -> tuple[list[Row], list[str], str]:
+    """Per codec: mean bpsp over the images every codec verified (so means compare like with like),
+    its ratio to the reference codec's mean, median times and failures. Also the common images
+    and the reference's name."""
+    verified = {(r["image"], r["codec"]): r["bpsp"] for r in rows if r["verified"]}
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    common = [i for i in images if all((i, c) in verified for c in codec_names)]
+    reference = REFERENCE if REFERENCE in codec_names else codec_names[0]
+    means = {c: statistics.fmean(verified[i, c] for i in common) if common else math.nan for c in codec_names}
+    summary = []
+    for c in codec_names:
+        mine = [r for r in rows if r["codec"] == c]
+        summary.append(
+            {
+                "codec": c,
+                "mean_bpsp": means[c],
+                "ratio": means[c] / means[reference] if common and means[reference] else math.nan,
+                "median_encode_s": _median(r["encode_s"] for r in mine if r["verified"]),
+                "median_decode_s": _median(r["decode_s"] for r in mine if r["verified"]),
+                "failures": sum(not r["verified"] for r in mine),
+            }
+        )
+    return summary, common, reference
+
+
+def _median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else math.nan
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
+def md_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: bool = True) -> str:
+    """A GitHub markdown table: first column left-aligned, the others right-aligned if ``numeric``."""
+    rule = [":--"] + ["--:" if numeric else ":--"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    """Error messages may hold pipes or newlines, which would break the table."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def summary_table(summary: Sequence[Row], reference: str) -> str:
+    body = [
+        [
+            s["codec"],
+            _fmt(s["mean_bpsp"], ".3f"),
+            _fmt(s["ratio"], ".3f"),
+            _fmt(s["median_encode_s"], ".4g"),
+            _fmt(s["median_decode_s"], ".4g"),
+            str(s["failures"]),
+        ]
+        for s in summary
+    ]
+    header = ["codec", "mean bpsp", f"ratio to {reference}", "median encode s", "median decode s", "failures"]
+    return md_table(header, body)
+
+
+def per_image_table(rows: Sequence[Row], codec_names: Sequence[str]) -> str:
+    """Rows images, columns codecs, cells bpsp ("fail" where the round trip did not verify)."""
+    cells = {(r["image"], r["codec"]): r for r in rows}
+    body = []
+    for image in dict.fromkeys(r["image"] for r in rows):
+        first = cells[image, codec_names[0]]
+        size = f"{first['width']}x{first['height']}" if first["width"] is not None else "?"
+        body.append([image, size] + [_cell(cells[image, c]) for c in codec_names])
+    return md_table(["image", "size", *codec_names], body)
+
+
+def _cell(row: Row) -> str:
+    return format(row["bpsp"], ".3f") if row["verified"] else "fail"
+
+
+def environment(device: str, model_hash: str | None) -> str:
+    """What the times and sizes depend on: cores, threads, device, model, libraries, date."""
+    import torch
+
+    libs = ", ".join(getattr(imagecodecs, f"{n}_version")() for n in ("jpegxl", "webp", "jpeg2k", "jpegls", "png"))
+    gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+    return (
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"device {device}{gpu}, model sha256 {model_hash or 'n/a (callic not run)'}, "
+        f"imagecodecs {imagecodecs.__version__} ({libs}), {datetime.now(UTC).isoformat(timespec='seconds')}"
+    )
+
+
+def report_text(rows: Sequence[Row], codec_names: Sequence[str], env: str) -> str:
+    summary, common, reference = summarize(rows, codec_names)
+    failed = [r for r in rows if not r["verified"]]
+    parts = [
+        "# callic bench: lossless bits per subpixel",
+        f"Environment: {env}",
+        "## bpsp per image",
+        per_image_table(rows, codec_names),
+        "## Summary",
+        f"Mean bpsp over the {len(common)} of {len({r['image'] for r in rows})} images that every codec verified; "
+        "times are medians over verified runs.",
+        summary_table(summary, reference),
+    ]
+    if failed:
+        parts += [
+            "## Failures",
+            md_table(
+                ["image", "codec", "error"], [[r["image"], r["codec"], r["error"]] for r in failed], numeric=False
+            ),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, renamed over it on success: a kill leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")  # created with the umask
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(path: Path, rows: Sequence[Row]) -> None:
+    """The raw results with an explicit schema, so all-null columns still get their types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("image", pa.string()),
+            ("codec", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("bytes", pa.int64()),
+            ("bpsp", pa.float64()),
+            ("encode_s", pa.float64()),
+            ("decode_s", pa.float64()),
+            ("verified", pa.bool_()),
+            ("error", pa.string()),
+        ]
+    )
+    table = pa.Table.from_pylist([{k: r[k] for k in COLUMNS} for r in rows], schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_plot(path: Path, rows: Sequence[Row], codec_names: Sequence[str]) -> None:
+    """bpsp per image, one series per codec; failed round trips are gaps, not points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    cells = {(r["image"], r["codec"]): r for r in rows}
+    fig = Figure(figsize=(min(40.0, max(6.0, 0.45 * len(images) + 3)), 4.8))
+    ax = fig.subplots()
+    x = list(range(len(images)))
+    for c in codec_names:
+        y = [cells[i, c]["bpsp"] if cells[i, c]["verified"] else math.nan for i in images]
+        ax.plot(x, y, marker="o", markersize=4, linewidth=1, label=c)
+    ax.set_xticks(x, images, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("bits per subpixel")
+    ax.set_title("lossless bpsp per image (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def write_report(out: Path, rows: Sequence[Row], codec_names: Sequence[str], env: str) -> str:
+    """results.parquet, bpsp.png and report.md in ``out``; returns the report's text."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "results.parquet", rows)
+    write_plot(out / "bpsp.png", rows, codec_names)
+    text = report_text(rows, codec_names, env)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return text
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``bench`` on the ``callic`` subcommands."""
+    p = sub.add_parser("bench", help="lossless benchmark: callic vs JPEG XL, WebP, JPEG 2000, JPEG-LS, PNG")
+    p.add_argument("input", help="folder or fsspec URL (file://..., s3://bucket/prefix), searched recursively")
+    p.add_argument("--out", default="callic-bench", help="folder for results.parquet, report.md and bpsp.png")
+    p.add_argument(
+        "--codecs",
+        type=parse_codecs,
+        default=list(CODEC_NAMES),
+        help=f"comma-separated, in table order (default: {','.join(CODEC_NAMES)})",
+    )
+    p.add_argument("--model", help="model file for callic; default: the shipped model")
+    p.add_argument("--threads", type=_positive, help="torch threads (and the anchors' numthreads)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--limit", type=_positive, help="only the first N images (in sorted order)")
+    p.add_argument("--repeat", type=_positive, default=1, help="timing runs per image and codec; the median is kept")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark; 0 when the report is written (failures are in it), 1 if there is nothing to run."""
+    setup_torch(args.threads, args.device)
+    fs, paths, names = list_bench_images(args.input)
+    paths, names = paths[: args.limit], names[: args.limit]
+    if not paths:
+        print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)
+        return 1
+    codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads)
+    rows = run(fs, paths, names, codecs, args.repeat)
+    env = environment(args.device, model_hash)
+    write_report(Path(args.out), rows, args.codecs, env)
+    summary, common, reference = summarize(rows, args.codecs)
+    print(f"{len(paths)} images, mean bpsp over the {len(common)} that every codec verified")
+    print(summary_table(summary, reference))
+    failures = sum(s["failures"] for s in summary)
+    if failures:
+        print(f"{failures} failed runs: see {Path(args.out) / 'report.md'}", file=sys.stderr)
+    print(f"results in {args.out}/ (results.parquet, report.md, bpsp.png)")
+    return 0

@@ -1,0 +1,140 @@
+"""Package archives from public registries (PyPI wheels, Debian .debs), pinned by SHA-256.
+
+The photographs we train and evaluate on ship inside packages, so a dataset is "these members of
+these archives". Archives are fetched by URL rather than through pip or apt: a wheel or .deb is just
+a zip or an ar file here, never installed, and a pinned URL plus hash gives the same bytes on any
+machine (a Debian pool or PyPI file URL does not change once published). ``CALLIC_DEBIAN_MIRROR`` and
+``CALLIC_PYPI_FILES`` point them at a mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from codec.errors import CallicError
+
+DEBIAN = "http://deb.debian.org/debian/"
+PYPI_FILES = "https://files.pythonhosted.org/packages/"
+MAX_MEMBER_BYTES = 256 << 20  # no photo we use is larger; a bigger member means a wrong archive
+
+
+class DataError(CallicError):
+    """A dataset cannot be prepared (registry unreachable, wrong bytes, missing member)."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One registry file: ``base`` is "debian" or "pypi", ``path`` is relative to that base."""
+
+    name: str
+    base: str
+    path: str
+    sha256: str
+    licence: str
+
+    @property
+    def url(self) -> str:
+        if self.base == "debian":
+            return os.environ.get("CALLIC_DEBIAN_MIRROR", DEBIAN).rstrip("/") + "/" + self.path
+        if self.base == "pypi":
+            return os.environ.get("CALLIC_PYPI_FILES", PYPI_FILES).rstrip("/") + "/" + self.path
+        if self.base == "url":
+            return self.path
+        raise ValueError(f"unknown archive base {self.base!r}")
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(archive: Archive, cache: Path) -> Path:
+    """Return the archive's local path, downloading it once; the hash is checked either way."""
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / archive.filename
+    if path.exists() and _sha256_file(path) == archive.sha256:
+        return path
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(archive.url, timeout=60) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=archive.filename, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError) as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot download {archive.name} from {archive.url}: {e}. The registry may be unreachable from this "
+            f"machine: download the file by hand into {cache}/ (the SHA-256 is checked), or set "
+            f"CALLIC_DEBIAN_MIRROR / CALLIC_PYPI_FILES to a mirror."
+        ) from e
+    digest = _sha256_file(tmp)
+    if digest != archive.sha256:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{archive.url} has SHA-256 {digest}, expected {archive.sha256}: not the pinned file")
+    os.replace(tmp, path)
+    return path
+
+
+def _ar_members(data: bytes) -> dict[str, bytes]:
+    """Members of a Unix ar archive (the .deb container): 60-byte headers, even-aligned bodies."""
+    if not data.startswith(b"!<arch>\n"):
+        raise DataError("not a .deb (ar) archive")
+    members, pos = {}, 8
+    while pos + 60 <= len(data):
+        header = data[pos : pos + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip() or 0)
+        if header[58:60] != b"`\n" or pos + 60 + size > len(data):
+            raise DataError("corrupt .deb (ar) archive")
+        members[name] = data[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    return members
+
+
+def read_members(path: Path, names: list[str]) -> dict[str, bytes]:
+    """The named files of a wheel (zip) or .deb (ar + data.tar.*), as bytes; all must exist."""
+    wanted, found = set(names), {}
+    if path.suffix == ".whl":
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename in wanted:
+                    if info.file_size > MAX_MEMBER_BYTES:
+                        raise DataError(f"{info.filename} in {path.name} is {info.file_size} bytes: too large")
+                    found[info.filename] = z.read(info)
+    elif path.suffix == ".deb":
+        ar = _ar_members(path.read_bytes())
+        tar_name = next((n for n in ar if n.startswith("data.tar")), None)
+        if tar_name is None:
+            raise DataError(f"{path.name} has no data.tar member")
+        with tarfile.open(fileobj=io.BytesIO(ar[tar_name])) as t:
+            for member in t:
+                name = member.name.removeprefix("./")
+                if name in wanted and member.isfile():
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise DataError(f"{name} in {path.name} is {member.size} bytes: too large")
+                    found[name] = t.extractfile(member).read()
+    else:
+        raise DataError(f"unknown archive type: {path.name}")
+    missing = wanted - found.keys()
+    if missing:
+        raise DataError(f"{path.name} lacks {sorted(missing)}")
+    return found

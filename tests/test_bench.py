@@ -1,0 +1,133 @@
+"""``callic bench``: every round trip verified, failures recorded without stopping the run."""
+
+import argparse
+import math
+
+import imagecodecs
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import codec
+from jobs import bench
+from tests.conftest import SAMPLES
+
+ANCHORS = "jxl-e7,png"  # the fast ones, for the tests that are not about codec coverage
+
+
+def _bench(*argv: str) -> int:
+    """Run ``callic bench`` through its own argparse registration (as jobs/cli.py wires it)."""
+    parser = argparse.ArgumentParser(prog="callic")
+    bench.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *argv, "--threads", "1"])
+    return args.func(args)
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two small natural RGB crops, one of them in a subfolder (the listing is recursive)."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    kodim = np.asarray(Image.open(SAMPLES / "kodim23-crop.png").convert("RGB"))
+    chelsea = np.asarray(Image.open(SAMPLES / "chelsea-crop.png").convert("RGB"))
+    Image.fromarray(kodim[30:70, 40:88]).save(folder / "a-kodim.png")
+    Image.fromarray(chelsea[20:60, 30:78]).save(folder / "sub" / "b-chelsea.png")
+    return folder
+
+
+def _rows(out):
+    return pq.read_table(out / "results.parquet").to_pylist()
+
+
+def test_all_codecs_verified_and_reported(images, tmp_path, tiny_model_path, tiny_model, capsys):
+    out = tmp_path / "out"
+    assert _bench(str(images), "--out", str(out), "--model", str(tiny_model_path)) == 0
+    rows = _rows(out)
+    assert [(r["image"], r["codec"]) for r in rows] == [
+        (image, c) for image in ("a-kodim.png", "sub/b-chelsea.png") for c in bench.CODEC_NAMES
+    ]
+    for r in rows:
+        assert r["verified"] and r["error"] is None, r
+        assert (r["width"], r["height"]) == (48, 40)
+        assert r["bytes"] > 0 and math.isfinite(r["bpsp"]) and r["bpsp"] > 0
+        assert r["codec"] == "callic" or r["bpsp"] < 8  # the tiny test model is random: no bound for callic
+        assert r["bpsp"] == pytest.approx(8 * r["bytes"] / (48 * 40 * 3))
+        assert r["encode_s"] >= 0 and r["decode_s"] >= 0
+    first = np.asarray(Image.open(images / "a-kodim.png"))
+    assert rows[0]["bytes"] == len(codec.encode(first, model=tiny_model))  # the whole .cllc file
+    report = (out / "report.md").read_text()
+    for name in bench.CODEC_NAMES:
+        assert f"| {name} |" in report
+    assert "ratio to jxl-e9" in report and "| jxl-e9 | " in report
+    assert tiny_model_path.name[5:21] in report  # the model's hash is in the environment line
+    with Image.open(out / "bpsp.png") as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 100
+    assert "ratio to jxl-e9" in capsys.readouterr().out
+    assert not list(out.glob(".*.part"))
+
+
+def test_failed_round_trip_is_recorded(images, tmp_path, monkeypatch):
+    real = imagecodecs.png_decode
+
+    def corrupting_decode(data, **kwargs):
+        pixels = real(data, **kwargs).copy()
+        pixels[0, 0, 0] ^= 1
+        return pixels
+
+    monkeypatch.setattr(imagecodecs, "png_decode", corrupting_decode)
+    out = tmp_path / "out"
+    assert _bench(str(images), "--out", str(out), "--codecs", ANCHORS, "--repeat", "2") == 0
+    rows = _rows(out)
+    assert len(rows) == 4
+    for r in rows:
+        if r["codec"] == "png":
+            assert r["verified"] is False and "round trip differs" in r["error"] and r["bytes"] > 0
+        else:
+            assert r["verified"] is True and r["error"] is None
+    report = (out / "report.md").read_text()
+    assert "| png | n/a | n/a |" in report  # no image verified by every codec: no mean to compare
+    assert "1 of 5760 samples differ" in report
+
+
+def test_mismatch_checks_values_dtype_and_shape():
+    a = np.zeros((2, 3, 3), np.uint8)
+    assert bench.mismatch(a, a.copy()) is None
+    assert "dtype" in bench.mismatch(a, a.astype(np.uint16))
+    assert "shape" in bench.mismatch(a, a.reshape(3, 2, 3))
+    assert "not an array" in bench.mismatch(a, a.tobytes())
+
+
+def test_bad_files_give_error_rows(images, tmp_path):
+    (images / "c-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(images / "d-gray.png")
+    (images / "notes.txt").write_text("not listed: not an image suffix")
+    out = tmp_path / "out"
+    assert _bench(str(images), "--out", str(out), "--codecs", ANCHORS) == 0
+    rows = {(r["image"], r["codec"]): r for r in _rows(out)}
+    assert len(rows) == 8
+    for c in ("jxl-e7", "png"):
+        assert rows["c-corrupt.png", c]["verified"] is False
+        assert "ImageReadError" in rows["c-corrupt.png", c]["error"]
+        gray = rows["d-gray.png", c]
+        assert gray["verified"] is False and gray["error"].startswith("not 8-bit RGB")
+        assert (gray["width"], gray["height"]) == (9, 8)
+        assert rows["a-kodim.png", c]["verified"] and rows["sub/b-chelsea.png", c]["verified"]
+    report = (out / "report.md").read_text()
+    assert "over the 2 of 4 images" in report
+
+
+def test_file_url_input(images, tmp_path):
+    out = tmp_path / "out"
+    assert _bench(images.as_uri(), "--out", str(out), "--codecs", "png", "--limit", "1") == 0
+    rows = _rows(out)
+    assert [(r["image"], r["codec"], r["verified"]) for r in rows] == [("a-kodim.png", "png", True)]
+
+
+def test_usage_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        _bench(str(tmp_path), "--codecs", "png,gif")
+    with pytest.raises(FileNotFoundError):
+        _bench(str(tmp_path / "missing"), "--codecs", "png")
+    assert _bench(str(tmp_path), "--codecs", "png", "--out", str(tmp_path / "out")) == 1  # no images
