@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,8 @@ def _ar_members(data: bytes) -> dict[str, bytes]:
             raise DataError("corrupt .deb (ar) archive")
         members[name] = data[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)
+    if pos < len(data):
+        raise DataError("corrupt .deb (ar) archive: truncated member header")
     return members
 
 
@@ -125,13 +129,16 @@ def read_members(path: Path, names: list[str]) -> dict[str, bytes]:
         tar_name = next((n for n in ar if n.startswith("data.tar")), None)
         if tar_name is None:
             raise DataError(f"{path.name} has no data.tar member")
-        with tarfile.open(fileobj=io.BytesIO(ar[tar_name])) as t:
-            for member in t:
-                name = member.name.removeprefix("./")
-                if name in wanted and member.isfile():
-                    if member.size > MAX_MEMBER_BYTES:
-                        raise DataError(f"{name} in {path.name} is {member.size} bytes: too large")
-                    found[name] = t.extractfile(member).read()
+        try:
+            with tarfile.open(fileobj=io.BytesIO(ar[tar_name])) as t:
+                for member in t:
+                    name = member.name.removeprefix("./")
+                    if name in wanted and member.isfile():
+                        if member.size > MAX_MEMBER_BYTES:
+                            raise DataError(f"{name} in {path.name} is {member.size} bytes: too large")
+                        found[name] = t.extractfile(member).read()
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as e:
+            raise DataError(f"corrupt data archive in {path.name}: {e}") from e
     else:
         raise DataError(f"unknown archive type: {path.name}")
     missing = wanted - found.keys()

@@ -243,6 +243,7 @@ def pick_device(name: str) -> torch.device:
 def initial_model(tc: TrainConfig) -> MGCF:
     if tc.init:
         return load_model_file(tc.init).float_model()
+    torch.manual_seed(tc.seed)  # every worker starts from the same weights
     return MGCF(MGCFConfig.tiny() if tc.config == "tiny" else MGCFConfig())
 
 

@@ -1,6 +1,5 @@
 """``callic bench``: every round trip verified, failures recorded without stopping the run."""
 
-import argparse
 import math
 
 import imagecodecs
@@ -10,18 +9,15 @@ import pytest
 from PIL import Image
 
 import codec
-from jobs import bench
+from jobs import bench, cli
 from tests.conftest import SAMPLES
 
 ANCHORS = "jxl-e7,png"  # the fast ones, for the tests that are not about codec coverage
 
 
 def _bench(*argv: str) -> int:
-    """Run ``callic bench`` through its own argparse registration (as jobs/cli.py wires it)."""
-    parser = argparse.ArgumentParser(prog="callic")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *argv, "--threads", "1"])
-    return args.func(args)
+    """Run ``callic bench`` as the command line does."""
+    return cli.main(["bench", *argv, "--threads", "1"])
 
 
 @pytest.fixture
@@ -126,8 +122,6 @@ def test_file_url_input(images, tmp_path):
 
 
 def test_usage_errors(tmp_path):
-    with pytest.raises(SystemExit):
-        _bench(str(tmp_path), "--codecs", "png,gif")
-    with pytest.raises(FileNotFoundError):
-        _bench(str(tmp_path / "missing"), "--codecs", "png")
+    assert _bench(str(tmp_path), "--codecs", "png,gif") == cli.EXIT_USAGE
+    assert _bench(str(tmp_path / "missing"), "--codecs", "png") == 1
     assert _bench(str(tmp_path), "--codecs", "png", "--out", str(tmp_path / "out")) == 1  # no images

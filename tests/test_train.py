@@ -1,0 +1,96 @@
+"""``callic train``: the loss goes down, a resumed run repeats the uninterrupted one exactly, and the
+Ray Train path (one CPU worker) runs the same loop."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import codec
+from codec.images import read_image
+from codec.weights import load_model_file
+from jobs.train import TrainConfig, step_crops, train_loop
+
+from .conftest import SAMPLES, assert_same_pixels
+
+
+def config(out: Path, **kw) -> dict:
+    base = TrainConfig(
+        data=str(SAMPLES), val=str(SAMPLES), out=str(out), config="tiny", steps=60, batch=8, lr=3e-3, warmup=5,
+        val_every=1000, val_tiles=32, threads=1, device="cpu",
+    )  # fmt: skip
+    return dataclasses.asdict(dataclasses.replace(base, **kw))
+
+
+def log(out: Path) -> list[dict]:
+    with open(out / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint(out: Path) -> dict:
+    return torch.load(io.BytesIO((out / "checkpoint.pt").read_bytes()), weights_only=True)
+
+
+def test_training_lowers_the_loss_and_exports_a_working_model(tmp_path):
+    path = train_loop(config(tmp_path))
+    rows = log(tmp_path)
+    assert [int(r["step"]) for r in rows] == [0, 60]
+    before, after = float(rows[0]["val_bpsp"]), float(rows[-1]["val_bpsp"])
+    assert after < before - 1.0, (before, after)
+
+    # The exported file is a codec model: it codes an image and gets every pixel back.
+    model_file = load_model_file(path)
+    raster = read_image(SAMPLES / "kodim23-crop.png")
+    crop = codec.Raster.from_array(np.ascontiguousarray(raster.pixels[:20, :24]))
+    model = (model_file.exact_model(), model_file.digest)
+    restored = codec.decode(codec.encode(crop, model=model), model=model)
+    assert_same_pixels(restored.pixels, crop.pixels)
+
+
+def test_resume_reproduces_the_next_step_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train_loop(config(a, stop_after=3))
+    after_three = checkpoint(a)
+    train_loop(config(a, stop_after=1))  # resumes from step 3
+    train_loop(config(b, stop_after=4))  # uninterrupted
+    resumed, straight = checkpoint(a), checkpoint(b)
+    assert after_three["step"] == 3 and resumed["step"] == straight["step"] == 4
+    for name, tensor in straight["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    assert any(not torch.equal(after_three["model"][k], v) for k, v in straight["model"].items())
+    for key, state in straight["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(resumed["optimizer"]["state"][key][name]), torch.as_tensor(value))
+
+
+def test_crops_depend_only_on_seed_rank_and_step():
+    images = [np.random.default_rng(i).integers(0, 256, (20, 30, 3), dtype=np.uint8) for i in range(3)]
+    x = step_crops(images, 4, 8, seed=1, rank=0, step=7)
+    assert x.shape == (4, 3, 8, 8) and x.dtype == torch.uint8
+    assert torch.equal(x, step_crops(images, 4, 8, seed=1, rank=0, step=7))
+    assert not torch.equal(x, step_crops(images, 4, 8, seed=1, rank=1, step=7))
+    assert not torch.equal(x, step_crops(images, 4, 8, seed=1, rank=0, step=8))
+
+
+def test_ray_train_with_one_cpu_worker(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from jobs.train import train_with_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        train_with_ray(TrainConfig(**config(tmp_path, steps=20, val_every=10, workers=1)))
+    finally:
+        ray.shutdown()
+    rows = log(tmp_path)
+    assert [int(r["step"]) for r in rows] == [0, 10, 20]
+    assert all(r["workers"] == "1" for r in rows)
+    assert float(rows[-1]["val_bpsp"]) < float(rows[0]["val_bpsp"])
+    assert checkpoint(tmp_path)["step"] == 20
+    assert len(list((tmp_path / "model").glob("mgcf-*.safetensors"))) == 1
