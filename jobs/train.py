@@ -46,6 +46,7 @@ from codec.mgcf import MGCF
 from codec.mixture import nll_bits
 from codec.weights import load_model_file, save_model
 from jobs.imagefiles import list_images
+from jobs.runtime import setup_torch
 
 LOG_FIELDS = ("step", "elapsed_s", "lr", "train_bpsp", "val_bpsp", "workers", "device")
 
@@ -200,6 +201,28 @@ class Run:
         writer.writerows(rows)
         self.write("log.csv", buf.getvalue().encode())
 
+    def write_curve(self, rows: list[dict]) -> None:
+        """``curve.png``: train and validation bpsp against step, for a glance at a running job."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.4, 4))
+        ax = fig.subplots()
+        for key in ("train_bpsp", "val_bpsp"):
+            points = [(int(r["step"]), float(r[key])) for r in rows if r[key] != ""]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key.replace("_", " "))
+        ax.set_xlabel("step")
+        ax.set_ylabel("bits per subpixel (estimated)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        self.write("curve.png", buf.getvalue())
+
     def export(self, model: MGCF) -> str:
         """Write the model file (``model/mgcf-<hash>.safetensors``), then drop older ones."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -235,8 +258,7 @@ class Context:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CallicError("--device cuda: no CUDA device is available")
+    setup_torch(None, name)
     return torch.device(name)
 
 
@@ -297,13 +319,17 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
             or (tc.stop_after is not None and step - first_step >= tc.stop_after)
         )
         last = step == tc.steps or out_of_time
-        if ctx.rank == 0 and (step % tc.val_every == 0 or last):
-            val = validate(model, tiles, ctx.device) if tiles is not None else None
-            rows.append(_log_row(tc, ctx, step, now - started, losses, val))
+        if step % tc.val_every == 0 or last:
+            metrics = {"step": step}
+            if ctx.rank == 0:
+                val = validate(model, tiles, ctx.device) if tiles is not None else None
+                rows.append(_log_row(tc, ctx, step, now - started, losses, val))
+                run.write_log(rows)
+                run.write_curve(rows)
+                metrics = {k: v for k, v in rows[-1].items() if v != ""}
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "step"))
             losses = []
-            run.write_log(rows)
-            ctx.report({k: v for k, v in rows[-1].items() if v != ""})
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "step"))
+            ctx.report(metrics)  # every worker reports: Ray Train's report is collective
         if ctx.rank == 0 and (last or now - last_ckpt > 60 * tc.checkpoint_minutes):
             run.save_checkpoint(model, opt, step, now - started)
             last_ckpt = now
@@ -373,18 +399,26 @@ def train_with_ray(tc: TrainConfig) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Workers run in their own working directories: local paths must be absolute.
+    tc = dataclasses.replace(tc, **{k: _absolute(getattr(tc, k)) for k in ("data", "val", "out", "init")})
     if not ray.is_initialized():
         ray.init()
     use_gpu = tc.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= tc.workers
     scaling = ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu, resources_per_worker={"CPU": tc.threads or 1})
-    storage = os.path.abspath(tc.out) if "://" not in tc.out else tc.out
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config=dataclasses.asdict(tc),
         scaling_config=scaling,
-        run_config=RunConfig(name="ray", storage_path=storage),
+        run_config=RunConfig(name="ray", storage_path=tc.out),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; say what failed without a cluster traceback
+        raise CallicError(f"training failed on a Ray worker: {e}") from e
+
+
+def _absolute(path: str | None) -> str | None:
+    return path if path is None or "://" in path else os.path.abspath(path)
 
 
 def main(args) -> int:

@@ -43,6 +43,7 @@ def test_training_lowers_the_loss_and_exports_a_working_model(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 60]
     before, after = float(rows[0]["val_bpsp"]), float(rows[-1]["val_bpsp"])
     assert after < before - 1.0, (before, after)
+    assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
 
     # The exported file is a codec model: it codes an image and gets every pixel back.
     model_file = load_model_file(path)
