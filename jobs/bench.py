@@ -24,14 +24,13 @@ bpsp, per-codec summary, environment) and ``bpsp.png``; each written atomically 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
-import secrets
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ import imagecodecs
 import numpy as np
 
 from codec.images import read_image
+from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images, relative_name
 from jobs.runtime import setup_torch
 
@@ -389,18 +389,6 @@ def report_text(rows: Sequence[Row], codec_names: Sequence[str], env: str) -> st
 # ---------------------------------------------------------------- writing
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path``, renamed over it on success: a kill leaves no half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")  # created with the umask
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_parquet(path: Path, rows: Sequence[Row]) -> None:
     """The raw results with an explicit schema, so all-null columns still get their types."""
     import pyarrow as pa
@@ -421,8 +409,9 @@ def write_parquet(path: Path, rows: Sequence[Row]) -> None:
         ]
     )
     table = pa.Table.from_pylist([{k: r[k] for k in COLUMNS} for r in rows], schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomically(path, buf.getvalue())
 
 
 def write_plot(path: Path, rows: Sequence[Row], codec_names: Sequence[str]) -> None:
@@ -446,8 +435,9 @@ def write_plot(path: Path, rows: Sequence[Row], codec_names: Sequence[str]) -> N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    write_atomically(path, buf.getvalue())
 
 
 def write_report(out: Path, rows: Sequence[Row], codec_names: Sequence[str], env: str) -> str:
@@ -456,8 +446,7 @@ def write_report(out: Path, rows: Sequence[Row], codec_names: Sequence[str], env
     write_parquet(out / "results.parquet", rows)
     write_plot(out / "bpsp.png", rows, codec_names)
     text = report_text(rows, codec_names, env)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    write_atomically(out / "report.md", text.encode("utf-8"))
     return text
 
 

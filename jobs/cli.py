@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,22 +17,10 @@ import codec
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
 from jobs import bench, datasets, train
+from jobs.atomic import write_atomically
 from jobs.runtime import setup_torch
 
 EXIT_USAGE = 64
-
-
-def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file and a rename: a full disk or a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_encode(args) -> int:

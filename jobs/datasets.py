@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from codec.raster import pixel_hash
+from jobs.atomic import write_atomically
 from jobs.sources import Archive, DataError, download, read_members
 
 MANIFESTS = Path(__file__).with_name("manifests")
@@ -126,14 +127,11 @@ class BandSplit:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``prepare`` builds: a few sets, each from photos and raw photos."""
+    """What ``prepare`` builds: sets of photos, plus raw photos split into train, val and vc2crops24."""
 
     photos: dict[str, tuple[Photo, ...]]
     raw_photos: tuple[RawPhoto, ...] = ()
     split: BandSplit = field(default_factory=BandSplit)
-    raw_train_set: str = "train"
-    raw_val_set: str = "val"
-    raw_eval_set: str = "vc2crops24"
 
 
 def _pkg13() -> tuple[Photo, ...]:
@@ -273,9 +271,9 @@ def _entry(file: str, pixels: np.ndarray, source: str) -> dict:
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(pixels, "RGB").save(tmp, format="PNG", compress_level=6)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=6)
+    write_atomically(path, buf.getvalue())
 
 
 def _read_existing(path: Path) -> np.ndarray | None:
@@ -323,9 +321,7 @@ class SetWriter:
         if missing and self.strict:
             raise DataError(f"{self.name}: pinned images not produced: {missing}")
         path = self.folder / "manifest.json"
-        tmp = path.with_name("manifest.json.part")
-        tmp.write_text(json.dumps({"name": self.name, "images": images}, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, (json.dumps({"name": self.name, "images": images}, indent=1) + "\n").encode())
         return path
 
 
@@ -334,9 +330,9 @@ def _raw_outputs(spec: DatasetSpec, photo: RawPhoto) -> dict[str, list[str]]:
     s = spec.split
     crops = [f"{photo.name}-r{r}c{c}.png" for r in range(s.crop_rows) for c in range(s.crop_cols)]
     return {
-        spec.raw_train_set: [f"bbc-{photo.name}-{k}x.png" for k in s.scales],
-        spec.raw_val_set: [f"{photo.name}-val.png"],
-        spec.raw_eval_set: crops,
+        "train": [f"bbc-{photo.name}-{k}x.png" for k in s.scales],
+        "val": [f"{photo.name}-val.png"],
+        "vc2crops24": crops,
     }
 
 
@@ -362,7 +358,7 @@ def prepare(
     """Build the chosen sets under ``root``; returns each set's manifest path."""
     spec = spec or default_spec()
     writers = {
-        s: SetWriter(root, s, load_manifest(manifests / f"{s}.json"), strict=s != spec.raw_train_set, log=log)
+        s: SetWriter(root, s, load_manifest(manifests / f"{s}.json"), strict=s != "train", log=log)
         for s in sets
     }
     for archive, items in _jobs(spec, sets):
@@ -386,7 +382,7 @@ def prepare(
                 continue
             rgb16 = decode_vc2_raw(members.pop(item.raw), members.pop(item.meta), item.raw)
             train, val, crops = split_raw(item.name, rgb16, spec.split)
-            for target, images in ((spec.raw_train_set, train), (spec.raw_val_set, val), (spec.raw_eval_set, crops)):
+            for target, images in (("train", train), ("val", val), ("vc2crops24", crops)):
                 if target in writers:
                     for file, pixels in images.items():
                         writers[target].add(file, pixels, f"{archive.name}:{item.raw}")

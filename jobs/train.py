@@ -45,6 +45,7 @@ from codec.images import read_image
 from codec.mgcf import MGCF
 from codec.mixture import nll_bits
 from codec.weights import load_model_file, save_model
+from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images
 from jobs.runtime import setup_torch
 
@@ -163,10 +164,7 @@ class Run:
         """Whole-file write: rename on local disks, one PUT on object stores, so never half a file."""
         target = self.path(name)
         if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem):
-            tmp = target + ".part"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            write_atomically(target, data)
         else:
             self.fs.pipe_file(target, data)
 
