@@ -54,7 +54,7 @@ def main() -> None:
     raster = read_image(args.image)
     pixels = np.ascontiguousarray(raster.pixels[..., :3])
     model = codec.load_model(args.model, args.device)
-    net = model[0]
+    net = model.exact
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     def enc():
@@ -82,7 +82,7 @@ def main() -> None:
         f"image {args.image} {w}x{h}; device {args.device}; threads {args.threads}; "
         f"torch {torch.__version__}; {platform.processor() or platform.machine()}"
     )
-    print(f"model {model[1].hex()[:16]} {net.cfg}")
+    print(f"model {model.digest.hex()[:16]} {net.cfg}")
     print(f"{'codec':18} {'bpsp':>7} {'encode s':>9} {'decode s':>9}   (median of {args.repeat})")
     print(f"{'callic (exact)':18} {8 * len(data) / pixels.size:7.3f} {t_enc:9.3f} {t_dec:9.3f}")
     print(f"{'JPEG-XL effort 7':18} {8 * len(jxl) / pixels.size:7.3f} {t_jenc:9.3f} {t_jdec:9.3f}")

@@ -18,14 +18,14 @@ import torch
 import codec
 from codec.api import read_header
 from codec.images import read_image
-from codec.learned import _masks, _patchify, segments
+from codec.learned import patchify, real_masks, segments
 from codec.mixture import nll_bits
 from codec.weights import default_model_path, load_model_file
 
 
 def float_bits(model, pixels: np.ndarray, patch: int) -> float:
-    patches = _patchify(pixels, patch).long()
-    mask = _masks(pixels.shape[0], pixels.shape[1], patch, segments(patches.shape[0], patches.shape[0])[0])
+    patches = patchify(pixels, patch).long()
+    mask = real_masks(pixels.shape[0], pixels.shape[1], patch, segments(patches.shape[0], patches.shape[0])[0])
     total = 0.0
     with torch.no_grad():
         for s in range(0, patches.shape[0], 16):
@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     mf = load_model_file(args.model or default_model_path())
     fmodel = mf.float_model().double().eval()
-    exact = (mf.exact_model(), mf.digest)
+    exact = codec.api.Model(mf.exact_model(), mf.digest)
     print(f"model {mf.digest.hex()[:16]}")
     print(f"{'image':28} {'float est. bpsp':>15} {'payload bpsp':>12} {'file bpsp':>10} {'payload +%':>10}")
     tot_float = tot_payload = tot_file = tot_n = 0.0

@@ -16,7 +16,9 @@ HEAD payload (little-endian)::
     u8 len + mode (ASCII) | 32 B SHA-256 of the pixels (``codec.raster.pixel_hash``)
     32 B SHA-256 of the model file (zeros unless mgcf) | u16 patch | u16 patches per stream
 
-Other sections: DATA (the coded pixels; for mgcf ``u32 n | n x u32 lengths | streams``), ALPH,
+Other sections: ADPT (the image's adapters, ``codec.adapters``; only when they pay for their own
+bits, and before DATA: the decoder merges them into the model first), DATA (the coded pixels; for
+mgcf ``u32 n | n x u32 lengths | streams``), ALPH,
 PLTE (``u8 len + palette mode | entries``), and the ancillary ``iccp``, ``exif``, ``xmp `` and
 ``trns`` carried through to the restored file. Decoding checks sizes before allocating and the
 pixel hash after decoding: it returns the original pixels or raises.
@@ -26,24 +28,29 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from codec import fallback, learned
+from codec import adapters, fallback, learned, rpft
+from codec.adapters import AdapterSet, merge
 from codec.container import HEAD, Container, parse
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.exact import ExactMGCF
+from codec.mgcf import MGCF
 from codec.raster import Raster, pixel_hash
-from codec.weights import default_model_path, exact_model_by_hash, load_model_file
+from codec.rpft import AdaptConfig, Adapted
+from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
 CODER_MGCF, CODER_JXL, CODER_ZLIB = 1, 2, 3
 CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib"}
 DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE"})
+KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", adapters.SECTION})
+SECTION_OVERHEAD = 12  # bytes a section adds besides its payload: tag, length, CRC
 # Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
 # claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
 MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))
@@ -123,42 +130,153 @@ def _mgcf_payload(streams: list[bytes]) -> bytes:
     return struct.pack(f"<I{len(streams)}I", len(streams), *map(len, streams)) + b"".join(streams)
 
 
-def load_model(model: str | None = None, device: str = "cpu") -> tuple[ExactMGCF, bytes]:
-    """The exact model from a file path (default: the shipped model) and its hash."""
+@dataclass
+class Model:
+    """A loaded model file: the exact model that codes, its hash, and (loaded on first use) the
+    float model that per-image adaptation fine-tunes."""
+
+    exact: ExactMGCF
+    digest: bytes
+    file: ModelFile | None = None
+    _float: dict[str, MGCF] = field(default_factory=dict, repr=False)
+
+    def float_model(self, device: str | torch.device) -> MGCF:
+        key = str(device)
+        if key not in self._float:
+            if self.file is None:
+                raise ValueError("this model was loaded without its float weights; adaptation needs them")
+            self._float[key] = self.file.float_model().to(device)
+        return self._float[key]
+
+
+def load_model(model: str | None = None, device: str = "cpu") -> Model:
+    """The model in a file (default: the shipped model), ready to code on ``device``."""
     mf = load_model_file(model or default_model_path())
-    return mf.exact_model(device), mf.digest
+    return Model(mf.exact_model(device), mf.digest, mf)
+
+
+def with_adapters(net: ExactMGCF, adapters: AdapterSet) -> ExactMGCF:
+    """The exact model with an image's adapters merged into its integer weights."""
+    return ExactMGCF(net.cfg, merge(net.cfg, net.t, adapters), net.luts, net.device)
+
+
+@dataclass
+class EncodeReport:
+    """What encoding one image did and how long each stage took (seconds; adaptation stages are
+    those of the whole batch the image was adapted in). Bits marked ``estimated`` come from the
+    float model's likelihoods, not from coded sizes."""
+
+    bytes: int = 0
+    coder: str = ""
+    steps: int = 0
+    # "none" (T = 0 or not the learned coder), "kept" or "dropped". Adapters are kept when they
+    # are estimated to pay for their bits *and* the file with them is really smaller (the image
+    # is then coded twice, and the exact pass and coding times include both).
+    adapters: str = "none"
+    adapter_bytes: int = 0
+    estimated_base_bits: float | None = None
+    estimated_adapted_bits: float | None = None  # image bits with adapters, adapter bits excluded
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def encode(
     image: Any,
     *,
-    model: tuple[ExactMGCF, bytes] | None = None,
+    model: Model | None = None,
     device: str = "cpu",
     patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
     verify: bool = False,
+    adapt: AdaptConfig | None = None,
 ) -> bytes:
     """Compress ``image`` (numpy array, ``Raster`` or Pillow image) to ``.cllc`` bytes.
 
-    ``model``: ``(exact model, model hash)`` from ``load_model``; the shipped default when None.
+    ``model``: from ``load_model``; the shipped default when None. ``adapt``: per-image
+    fine-tuning (``AdaptConfig(steps=T)``); None or T = 0 codes with the pre-trained model.
     ``verify``: decode the result (on the CPU) and compare before returning.
     """
-    raster = _as_raster(image)
+    kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify}
+    return encode_many([image], adapt=adapt, **kwargs)[0][0]
+
+
+def encode_many(
+    images: list[Any],
+    *,
+    model: Model | None = None,
+    device: str = "cpu",
+    patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
+    verify: bool = False,
+    adapt: AdaptConfig | None = None,
+) -> list[tuple[bytes, EncodeReport]]:
+    """``encode`` for several images: their adapters are fine-tuned together, in one batch (one
+    forward pass per step for all of them), and each file is the same as encoding it alone would
+    give, up to the float rounding of fine-tuning. Returns (file bytes, report) per image."""
+    if not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
+        raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
+    rasters = [_as_raster(image) for image in images]
+    learned_idx = [i for i, r in enumerate(rasters) if r.pixels.dtype == np.uint8 and r.mode in ("RGB", "RGBA")]
+    if learned_idx and model is None:
+        model = load_model(device=device)
+    adapted: dict[int, Adapted] = {}
+    if learned_idx and adapt is not None and adapt.steps > 0:
+        rgb = [np.ascontiguousarray(rasters[i].pixels[..., :3]) for i in learned_idx]
+        adapted = dict(zip(learned_idx, rpft.adapt(model.float_model(device), rgb, adapt), strict=True))
+    out = []
+    for i, raster in enumerate(rasters):
+        report = EncodeReport(steps=adapt.steps if adapt is not None and i in adapted else 0)
+        data = _encode_one(raster, model, adapted.get(i), patches_per_stream, report)
+        if verify:
+            start = time.perf_counter()
+            decode(data, model=Model(model.exact.to("cpu"), model.digest) if model is not None else None)
+            report.timings["verify_s"] = time.perf_counter() - start
+        report.bytes = len(data)
+        out.append((data, report))
+    return out
+
+
+def _adapter_choice(model: Model, adapted: Adapted, report: EncodeReport) -> tuple[ExactMGCF, bytes] | None:
+    """The merged model and ADPT section, if the adapters are estimated to pay for their bits."""
+    net = model.exact
+    report.timings.update(adapted.timings)
+    report.estimated_base_bits = adapted.base_bits
+    report.estimated_adapted_bits = adapted.adapted_bits
+    section = adapters.encode_section(net.cfg, adapted.adapters, net.luts["sigmoid"])
+    report.adapter_bytes = len(section)
+    report.adapters = "dropped"
+    if adapted.adapted_bits + 8 * (len(section) + SECTION_OVERHEAD) >= adapted.base_bits:
+        return None
+    try:
+        return with_adapters(net, adapted.adapters), section
+    except ValueError:  # a merged layer could overflow the exact accumulator: code without
+        return None
+
+
+def _encode_one(raster: Raster, model: Model | None, adapted: Adapted | None, per: int, report: EncodeReport) -> bytes:
     pixels = raster.pixels
     learned_path = pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
     container = Container()
-    model_hash, patch, per = bytes(32), 0, 0
+    model_hash, patch, section = bytes(32), 0, None
     if learned_path:
-        net, model_hash = model or load_model(device=device)
-        patch, per = net.cfg.patch, patches_per_stream
-        if not 1 <= per <= MAX_PATCHES_PER_STREAM:
-            raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
+        assert model is not None
+        model_hash, patch = model.digest, model.exact.cfg.patch
+        rgb = np.ascontiguousarray(pixels[..., :3])
         with torch.inference_mode():
-            data = _mgcf_payload(learned.encode_rgb(np.ascontiguousarray(pixels[..., :3]), net, per))
+            data = _mgcf_payload(learned.encode_rgb(rgb, model.exact, per, timings=report.timings))
+            choice = _adapter_choice(model, adapted, report) if adapted is not None else None
+            if choice is not None:
+                # Estimates can be wrong by more than the margin: the real sizes decide.
+                adapted_data = _mgcf_payload(learned.encode_rgb(rgb, choice[0], per, timings=report.timings))
+                if len(adapted_data) + len(choice[1]) + SECTION_OVERHEAD < len(data):
+                    data, section, report.adapters = adapted_data, choice[1], "kept"
         coder = CODER_MGCF
-    elif fallback.jxl_supports(pixels):
-        coder, data = CODER_JXL, fallback.jxl_encode(pixels)
     else:
-        coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
+        start = time.perf_counter()
+        if fallback.jxl_supports(pixels):
+            coder, data = CODER_JXL, fallback.jxl_encode(pixels)
+        else:
+            coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
+        report.timings["coding_s"] = time.perf_counter() - start
+        per = 0
+    report.coder = CODER_NAMES[coder]
     header = Header(
         coder,
         raster.height,
@@ -185,11 +303,10 @@ def encode(
     ):
         if value:
             container.add(tag, value)
+    if section is not None:
+        container.add(adapters.SECTION, section)  # before the image: the decoder merges first
     container.add(b"DATA", data)
-    out = container.to_bytes()
-    if verify:
-        decode(out, model=(net.to("cpu"), model_hash) if learned_path else None)
-    return out
+    return container.to_bytes()
 
 
 # ---------------------------------------------------------------- decoding
@@ -219,7 +336,7 @@ def read_header(data: bytes) -> tuple[Header, Container]:
     return Header.from_bytes(container.require(HEAD)), container
 
 
-def decode(data: bytes, *, model: tuple[ExactMGCF, bytes] | None = None, device: str = "cpu") -> Raster:
+def decode(data: bytes, *, model: Model | None = None, device: str = "cpu") -> Raster:
     """``.cllc`` bytes -> the original ``Raster``, or a ``CallicError`` saying why not."""
     header, container = read_header(data)
     payload = container.require(b"DATA")
@@ -227,10 +344,16 @@ def decode(data: bytes, *, model: tuple[ExactMGCF, bytes] | None = None, device:
     if header.coder == CODER_MGCF:
         if header.dtype != "uint8" or header.channels not in (3, 4):
             raise CorruptFileError("mgcf coder with a non 8-bit RGB(A) header")
-        if model is not None and model[1] == header.model_hash:
-            net = model[0]
+        if model is not None and model.digest == header.model_hash:
+            net = model.exact
         else:
             net = exact_model_by_hash(header.model_hash, device)
+        section = container.get(adapters.SECTION)
+        if section is not None:
+            try:
+                net = with_adapters(net, adapters.decode_section(net.cfg, section, net.luts["sigmoid"]))
+            except ValueError as exc:
+                raise CorruptFileError(f"adapters in the file do not fit the model: {exc}") from exc
         if header.patch != net.cfg.patch or not 1 <= header.patches_per_stream <= MAX_PATCHES_PER_STREAM:
             raise CorruptFileError(f"patch layout {header.patch}/{header.patches_per_stream} does not fit the model")
         n = learned.stream_count(header.height, header.width, header.patch, header.patches_per_stream)
@@ -277,5 +400,6 @@ def info(data: bytes) -> dict[str, Any]:
         "model_sha256": header.model_hash.hex() if header.coder == CODER_MGCF else None,
         "patch": header.patch or None,
         "patches_per_stream": header.patches_per_stream or None,
+        "adapted": container.get(adapters.SECTION) is not None,
         "sections": {t.decode(): len(p) for t, p in container.sections},
     }

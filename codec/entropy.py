@@ -17,6 +17,10 @@ from codec.errors import CorruptFileError
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
+def _fixed_model(table: np.ndarray) -> constriction.stream.model.Categorical:
+    return constriction.stream.model.Categorical(np.asarray(table, dtype=np.float32), perfect=False)
+
+
 def _probabilities(tables: torch.Tensor) -> np.ndarray:
     return tables.to("cpu", torch.float32).numpy()
 
@@ -28,6 +32,11 @@ class Encoder:
     def encode(self, symbols: torch.Tensor, tables: torch.Tensor) -> None:
         if symbols.numel():
             self._coder.encode(symbols.to("cpu", torch.int32).numpy(), _FAMILY, _probabilities(tables))
+
+    def encode_iid(self, symbols: np.ndarray, table: np.ndarray) -> None:
+        """Code many symbols under one table (same quantizer, so the same frequencies)."""
+        if len(symbols):
+            self._coder.encode(symbols.astype(np.int32), _fixed_model(table))
 
     def finish(self) -> bytes:
         return self._coder.get_compressed().astype("<u4").tobytes()
@@ -48,3 +57,11 @@ class Decoder:
         except Exception as exc:  # constriction reports malformed streams as generic errors
             raise CorruptFileError(f"entropy decoding failed: {exc}") from exc
         return torch.from_numpy(symbols.astype(np.int64))
+
+    def decode_iid(self, table: np.ndarray, count: int) -> np.ndarray:
+        if not count:
+            return np.empty(0, dtype=np.int32)
+        try:
+            return self._coder.decode(_fixed_model(table), count)
+        except Exception as exc:
+            raise CorruptFileError(f"entropy decoding failed: {exc}") from exc

@@ -14,6 +14,7 @@ stops after the last step that holds a real pixel.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from codec.wavefront import num_steps, step_positions
 DECODER_BATCH_BYTES = 2 << 30  # memory for the decoder's caches: patches decoded together
 
 
-def _patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
+def patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> patches (B, P, P, 3) uint8, padded with 128, in raster order."""
     h, w, _ = pixels.shape
     hp, wp = math.ceil(h / p) * p, math.ceil(w / p) * p
@@ -37,7 +38,7 @@ def _patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(patches))
 
 
-def _masks(h: int, w: int, p: int, seg: range) -> torch.Tensor:
+def real_masks(h: int, w: int, p: int, seg: range) -> torch.Tensor:
     """Real-pixel masks (len(seg), P, P) of the patches in ``seg``."""
     per_row = math.ceil(w / p)
     idx = torch.arange(seg.start, seg.stop)
@@ -97,7 +98,7 @@ def _batches(height: int, width: int, model: ExactMGCF, per_stream: int, max_pat
         first = seg_ranges[group[0]].start
         batch = range(first, seg_ranges[group[-1]].stop)
         local = [slice(seg_ranges[i].start - first, seg_ranges[i].stop - first) for i in group]
-        yield batch, _masks(height, width, p, batch), local, group
+        yield batch, real_masks(height, width, p, batch), local, group
 
 
 def _step_rows(mask: torch.Tensor, local: list[slice], p: int, step: int, device):
@@ -109,15 +110,28 @@ def _step_rows(mask: torch.Tensor, local: list[slice], p: int, step: int, device
     return rows, cols, real_mask.reshape(-1).to(device), counts
 
 
-def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int, max_patches: int | None = None) -> list[bytes]:
-    """One parallel pass per batch of segments, then every step's symbols into each segment's stream."""
+def encode_rgb(
+    pixels: np.ndarray,
+    model: ExactMGCF,
+    per_stream: int,
+    max_patches: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[bytes]:
+    """One parallel pass per batch of segments, then every step's symbols into each segment's stream.
+    ``timings`` (if given) accumulates seconds in ``exact_pass_s`` and ``coding_s``."""
     p, k = model.cfg.patch, model.cfg.mixtures
     h, w, _ = pixels.shape
-    patches = _patchify(pixels, p)
+    patches = patchify(pixels, p)
     streams = []
+    clock = timings if timings is not None else {}
     for batch, mask, local, _ in _batches(h, w, model, per_stream, max_patches):
+        start = time.perf_counter()
         batch_patches = patches[batch.start : batch.stop].long()
         params = model.full_params(batch_patches)
+        if params.is_cuda:
+            torch.cuda.synchronize(params.device)
+        middle = time.perf_counter()
+        clock["exact_pass_s"] = clock.get("exact_pass_s", 0.0) + middle - start
         coders = [Encoder() for _ in local]
         for step in range(_segment_steps(mask)):
             rows, cols, real, counts = _step_rows(mask, local, p, step, params.device)
@@ -125,6 +139,7 @@ def encode_rgb(pixels: np.ndarray, model: ExactMGCF, per_stream: int, max_patche
             pix = batch_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
             _code_step(coders, counts, prm, pix, k, model.luts)
         streams += [coder.finish() for coder in coders]
+        clock["coding_s"] = clock.get("coding_s", 0.0) + time.perf_counter() - middle
     return streams
 
 

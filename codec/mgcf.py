@@ -37,15 +37,36 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel, padding=kernel // 2, groups=groups)
         self.register_buffer("mask", kernel_mask(kernel, strict), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """``delta``: per-sample additions to a depth-wise kernel, (B, C, 1, k, k); masked like it."""
+        if delta is None:
+            return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
+        # One grouped conv over the batch folded into channels: every sample gets its own kernel.
+        b, c, h, w = x.shape
+        kernel = ((self.weight + delta) * self.mask).reshape(b * c, 1, *self.kernel_size)
+        out = F.conv2d(x.reshape(1, b * c, h, w), kernel, self.bias.repeat(b), padding=self.padding, groups=b * c)
+        return out.view(b, c, h, w)
+
+
+Deltas = dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``layer(x)`` plus a per-sample low-rank update ``x @ down @ up``; down (B, in, r), up (B, r, out)."""
+    y = layer(x)
+    if lora is None:
+        return y
+    down, up = lora
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    return y + torch.bmm(torch.bmm(rows, down), up).view(y.shape)
 
 
 class Block(nn.Module):
     """MetaFormer block with masked convolutional gating in place of attention."""
 
-    def __init__(self, cfg: MGCFConfig):
+    def __init__(self, cfg: MGCFConfig, name: str):
         super().__init__()
+        self.name = name
         c = cfg.width
         self.norm1 = nn.LayerNorm(c)
         self.gate_a = nn.Linear(c, c)
@@ -56,11 +77,16 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(c, c * cfg.mlp_ratio)
         self.fc2 = nn.Linear(c * cfg.mlp_ratio, c)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, deltas: Deltas | None = None) -> torch.Tensor:
+        """``deltas``: per-sample adapter updates by layer name (``codec.rpft``), or None."""
+        d = deltas or {}
+        p = self.name + "."
         h = self.norm1(x)
-        a = self.dw(self.gate_a(h).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.gate_o(F.silu(a) * self.gate_v(h))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        a = linear(self.gate_a, h, d.get(p + "gate_a")).permute(0, 3, 1, 2)
+        a = self.dw(a, d.get(p + "dw")).permute(0, 2, 3, 1)
+        x = x + linear(self.gate_o, F.silu(a) * linear(self.gate_v, h, d.get(p + "gate_v")), d.get(p + "gate_o"))
+        u = F.gelu(linear(self.fc1, self.norm2(x), d.get(p + "fc1")))
+        return x + linear(self.fc2, u, d.get(p + "fc2"))
 
 
 class MGCF(nn.Module):
@@ -68,7 +94,7 @@ class MGCF(nn.Module):
         super().__init__()
         self.cfg = cfg or MGCFConfig()
         self.embed = MaskedConv2d(3, self.cfg.width, 3, strict=True)
-        self.blocks = nn.ModuleList(Block(self.cfg) for _ in range(self.cfg.depth))
+        self.blocks = nn.ModuleList(Block(self.cfg, f"blocks.{i}") for i in range(self.cfg.depth))
         self.head = nn.Linear(self.cfg.width, self.cfg.head_channels)
         with torch.no_grad():  # start from broad, centred predictions (~8 bpsp, not ~50)
             k = self.cfg.mixtures
@@ -76,16 +102,17 @@ class MGCF(nn.Module):
             self.head.bias.zero_()
             self.head.bias[4 * k : 7 * k] = 2.0  # log-scales: logistic scale e^2 ~ 7 pixels
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, deltas: Deltas | None = None) -> torch.Tensor:
         """Pixels (B, 3, H, W), values 0..255 -> mixture parameters (B, H, W, 10K).
 
         H and W are one patch (or a batch of patches): context never crosses a patch border.
+        ``deltas``: per-sample adapter updates (per-image fine-tuning), by layer name.
         """
         x = (pixels.to(self.head.weight.dtype) - PIXEL_CENTER) / PIXEL_SCALE
         x = self.embed(x).permute(0, 2, 3, 1)
         for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+            x = block(x, deltas)
+        return linear(self.head, x, (deltas or {}).get("head"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -63,7 +63,6 @@ def _tables(
     params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     p = params.long()
-    n = p.shape[0]
     logits = p[:, :k]
     weights = lut_lookup(logits - logits.max(1, keepdim=True).values, luts["exp"], -EXP_LUT_RANGE * _ONE, 0).long()
     mean = 128 * 64 + p[:, k * (1 + channel) : k * (2 + channel)]  # 1/64 pixel
@@ -89,11 +88,32 @@ def _tables(
     position = torch.addcmul(offset, slope, _edge_index(p.device)).clamp_(0, 2 * _Z_LIMIT * scale)
     cdf = luts["sigmoid"][position.long()]  # (n, k, 255), 0..2**24
     mixed = torch.bmm(weights.double().unsqueeze(1), cdf).squeeze(1).long()  # (n, 255), exact: < 2**39
-    total_weight = weights.sum(1, keepdim=True)
-    zero = torch.zeros(n, 1, dtype=torch.int64, device=p.device)
-    cumulative = torch.cat((zero, mixed, total_weight << SIGMOID_FRAC), 1)
+    return _table_from_cdf(mixed, weights.sum(1, keepdim=True))
+
+
+def _table_from_cdf(cdf: torch.Tensor, total_weight: torch.Tensor) -> torch.Tensor:
+    """CDF values (n, 255) at the symbols' upper edges, in units of ``total_weight * 2**-24`` ->
+    tables (n, 256) summing to TABLE_TOTAL; the rounding remainder goes to the likeliest symbol."""
+    n = cdf.shape[0]
+    zero = torch.zeros(n, 1, dtype=torch.int64, device=cdf.device)
+    cumulative = torch.cat((zero, cdf, total_weight << SIGMOID_FRAC), 1)
     mass = cumulative[:, 1:] - cumulative[:, :-1]  # (n, 256), sums to total_weight * 2**24
     q = torch.div(mass * (2**16 - 1), total_weight << 16, rounding_mode="floor")  # sums to <= TABLE_TOTAL
     leftover = TABLE_TOTAL - q.sum(1)
-    q[torch.arange(n, device=p.device), q.argmax(1)] += leftover
+    q[torch.arange(n, device=cdf.device), q.argmax(1)] += leftover
     return q
+
+
+def prior_table(scale_exp: int, sigmoid: torch.Tensor) -> torch.Tensor:
+    """Table (256,) of a zero-mean logistic with scale ``2**scale_exp`` over symbols ``v - 128``
+    (the adapters' prior, ``codec.adapters``), from the model's sigmoid table ``sigmoid`` (int64).
+
+    The upper edge of symbol v is ``(v - 127.5) / 2**scale_exp``, on the table's 2**-12 grid for
+    scale_exp <= 11, so the table is read without any rounding.
+    """
+    if scale_exp > ACT_FRAC - 1:
+        raise ValueError("prior scale too fine for the sigmoid table")
+    edges = (2 * torch.arange(NUM_SYMBOLS - 1, dtype=torch.int64) - 255) << (ACT_FRAC - 1 - scale_exp)
+    index = (edges + SIGMOID_LUT_RANGE * _ONE).clamp(0, 2 * SIGMOID_LUT_RANGE * _ONE)
+    cdf = sigmoid.to("cpu")[index].long().unsqueeze(0)
+    return _table_from_cdf(cdf, torch.ones(1, 1, dtype=torch.int64))[0]

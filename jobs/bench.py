@@ -124,7 +124,7 @@ def callic_codec(model_path: str | None, device: str) -> tuple[Codec, str]:
     def decode(data: bytes) -> np.ndarray:
         return codec.api.decode(data, model=model, device=device).pixels
 
-    return Codec("callic", encode, decode), model[1].hex()
+    return Codec("callic", encode, decode), model.digest.hex()
 
 
 def build_codecs(

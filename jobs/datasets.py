@@ -358,8 +358,7 @@ def prepare(
     """Build the chosen sets under ``root``; returns each set's manifest path."""
     spec = spec or default_spec()
     writers = {
-        s: SetWriter(root, s, load_manifest(manifests / f"{s}.json"), strict=s != "train", log=log)
-        for s in sets
+        s: SetWriter(root, s, load_manifest(manifests / f"{s}.json"), strict=s != "train", log=log) for s in sets
     }
     for archive, items in _jobs(spec, sets):
         todo = [
@@ -393,9 +392,7 @@ def prepare(
 
 
 def _raw_done(spec: DatasetSpec, photo: RawPhoto, writers: dict[str, SetWriter]) -> bool:
-    return all(
-        writers[s].present(f) for s, files in _raw_outputs(spec, photo).items() if s in writers for f in files
-    )
+    return all(writers[s].present(f) for s, files in _raw_outputs(spec, photo).items() if s in writers for f in files)
 
 
 def add_parser(sub) -> None:

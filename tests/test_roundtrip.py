@@ -79,7 +79,7 @@ def test_batching_changes_neither_bytes_nor_pixels(samples, tiny_model):
     from codec import learned
 
     img = samples["kodim23-crop"][:50, :70]
-    net = tiny_model[0]
+    net = tiny_model.exact
     streams = learned.encode_rgb(img, net, per_stream=5)
     assert learned.encode_rgb(img, net, per_stream=5, max_patches=1) == streams
     assert learned.encode_rgb(img, net, per_stream=5, max_patches=12) == streams

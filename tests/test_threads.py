@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+import codec
 from codec.images import read_image
 from tests.conftest import SAMPLES, assert_same_pixels
 
@@ -21,12 +22,25 @@ def _run(*args: str) -> None:
 
 def test_encode_two_threads_decode_one_thread(tmp_path, tiny_model_path):
     src = SAMPLES / "kodim23-crop.png"
-    _run("encode", str(src), str(tmp_path / "a.cllc"), "--threads", "2", "--model", str(tiny_model_path))
+    model = ("--model", str(tiny_model_path), "--steps", "0")
+    _run("encode", str(src), str(tmp_path / "a.cllc"), "--threads", "2", *model)
     _run("decode", str(tmp_path / "a.cllc"), str(tmp_path / "one.png"), "--threads", "1")
     _run("decode", str(tmp_path / "a.cllc"), str(tmp_path / "two.png"), "--threads", "2")
     original = read_image(src).pixels
     assert_same_pixels(read_image(tmp_path / "one.png").pixels, original)
     assert_same_pixels(read_image(tmp_path / "two.png").pixels, original)
-    _run("encode", str(src), str(tmp_path / "b.cllc"), "--threads", "1", "--model", str(tiny_model_path))
+    _run("encode", str(src), str(tmp_path / "b.cllc"), "--threads", "1", *model)
     assert (tmp_path / "a.cllc").read_bytes() == (tmp_path / "b.cllc").read_bytes()
     assert np.array_equal(read_image(tmp_path / "one.png").pixels, read_image(tmp_path / "two.png").pixels)
+
+
+def test_adapted_file_decodes_on_any_thread_count(tmp_path, tiny_model_path):
+    """Fine-tuning is float (its result may depend on threads); the file it writes must not."""
+    src = SAMPLES / "coffee-crop.png"
+    model = ("--model", str(tiny_model_path), "--steps", "4")
+    _run("encode", str(src), str(tmp_path / "a.cllc"), "--threads", "2", *model)
+    assert codec.info((tmp_path / "a.cllc").read_bytes())["adapted"]
+    original = read_image(src).pixels
+    for threads in ("1", "2"):
+        _run("decode", str(tmp_path / "a.cllc"), str(tmp_path / f"{threads}.png"), "--threads", threads)
+        assert_same_pixels(read_image(tmp_path / f"{threads}.png").pixels, original)
