@@ -7,7 +7,9 @@ dtype and shape) and a mismatch is a failure, never a size. Sizes are the real e
 Codecs and their settings (imagecodecs; ``numthreads`` = ``--threads`` where the library takes it):
 
 ============  ==================================================================================
-callic        ``codec.api.encode`` / ``decode`` with the given (or shipped) model
+callic        ``codec.api.encode`` / ``decode`` with the given (or shipped) model; ``--steps`` and
+              ``--adapt-order`` (comma lists) run one variant per (T, order), named ``callic``
+              for T = 0 and ``callic-t<T>[-<order>]`` otherwise; sizes include the adapters
 jxl-e7/-e9    JPEG XL ``lossless=True, effort=7/9`` (``level=100`` is *not* lossless in imagecodecs)
 webp-m6       WebP lossless ``method=6, level=100`` (in lossless mode level is the effort: cwebp -z 9)
 jpeg2000      reversible 5/3 wavelet, ``mct=True`` (the reversible colour transform RCT), J2K codestream
@@ -40,6 +42,7 @@ import imagecodecs
 import numpy as np
 
 from codec.images import read_image
+from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images, relative_name
 from jobs.runtime import setup_torch
@@ -48,7 +51,22 @@ SUFFIXES = frozenset({".png", ".ppm", ".tif", ".tiff", ".bmp", ".webp"})
 ANCHOR_NAMES = ("jxl-e7", "jxl-e9", "webp-m6", "jpeg2000", "jpegls", "png")
 CODEC_NAMES = ("callic", *ANCHOR_NAMES)
 REFERENCE = "jxl-e9"  # the summary's ratios are to this codec's mean (else to the first codec)
-COLUMNS = ("image", "codec", "width", "height", "bytes", "bpsp", "encode_s", "decode_s", "verified", "error")
+STAGES = ("rate_estimate_s", "fine_tune_s", "exact_pass_s", "coding_s")  # callic's encode stages
+COLUMNS = (
+    "image",
+    "codec",
+    "width",
+    "height",
+    "bytes",
+    "bpsp",
+    "encode_s",
+    "decode_s",
+    "verified",
+    "error",
+    *STAGES,
+    "adapters",
+    "adapter_bytes",
+)
 Row = dict[str, Any]
 
 
@@ -59,6 +77,7 @@ class Codec:
     name: str
     encode: Callable[[np.ndarray], bytes]
     decode: Callable[[bytes], np.ndarray]
+    details: Callable[[], Row] | None = None  # extra columns about the last encode (stage times)
 
 
 # ---------------------------------------------------------------- codecs
@@ -112,31 +131,62 @@ def add_green(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def callic_codec(model_path: str | None, device: str) -> tuple[Codec, str]:
-    """Our codec with its model loaded once (not per image); also the model file's SHA-256 for the report."""
+@dataclass(frozen=True)
+class Variant:
+    """One callic configuration under test: T (0 = no adaptation) and the RPFT patch order."""
+
+    steps: int = 0
+    order: str = "rate"
+
+    @property
+    def name(self) -> str:
+        if self.steps == 0:
+            return "callic"
+        return f"callic-t{self.steps}" + ("" if self.order == "rate" else f"-{self.order}")
+
+
+def callic_codec(model: Any, device: str, adapt: Any, name: str) -> Codec:
+    """Our codec with its model loaded once (not per image); ``details`` gives the stage times."""
     import codec.api
 
-    model = codec.api.load_model(model_path, device)
+    last: Row = {}
 
     def encode(pixels: np.ndarray) -> bytes:
-        return codec.api.encode(pixels, model=model, device=device)
+        [(data, report)] = codec.api.encode_many([pixels], model=model, device=device, adapt=adapt)
+        last.clear()
+        last.update({k: report.timings.get(k) for k in STAGES})
+        last.update(adapters=report.adapters, adapter_bytes=report.adapter_bytes)
+        return data
 
     def decode(data: bytes) -> np.ndarray:
         return codec.api.decode(data, model=model, device=device).pixels
 
-    return Codec("callic", encode, decode), model.digest.hex()
+    return Codec(name, encode, decode, lambda: dict(last))
+
+
+def expand_codecs(names: Sequence[str], variants: Sequence[Variant]) -> list[str]:
+    """Codec names with ``callic`` replaced by one name per variant."""
+    return [name for n in names for name in ([v.name for v in variants] if n == "callic" else [n])]
 
 
 def build_codecs(
-    names: Sequence[str], model_path: str | None, device: str, threads: int | None
+    names: Sequence[str],
+    model_path: str | None,
+    device: str,
+    threads: int | None,
+    variants: Sequence[Variant] = (Variant(),),
+    adapt_for: Callable[[Variant], Any] = lambda v: None,
 ) -> tuple[list[Codec], str | None]:
     """The selected codecs in the order given; the model is only loaded when callic is among them."""
     anchors = anchor_codecs(threads)
     codecs, model_hash = [], None
     for name in names:
         if name == "callic":
-            ours, model_hash = callic_codec(model_path, device)
-            codecs.append(ours)
+            import codec.api
+
+            model = codec.api.load_model(model_path, device)
+            model_hash = model.digest.hex()
+            codecs += [callic_codec(model, device, adapt_for(v), v.name) for v in variants]
         else:
             codecs.append(anchors[name])
     return codecs, model_hash
@@ -236,6 +286,8 @@ def bench_one(c: Codec, image: str, pixels: np.ndarray, repeat: int) -> Row:
     row = new_row(image, c.name, height, width)
     try:
         data, row["encode_s"] = timed_encode(c, pixels, repeat)
+        if c.details is not None:
+            row.update(c.details())
         row["bytes"], row["bpsp"] = len(data), 8 * len(data) / (height * width * 3)
         problem, row["decode_s"] = timed_decode(c, data, pixels, repeat)
     except Exception as exc:  # a codec crash is a result to report, not a reason to stop
@@ -376,6 +428,13 @@ def report_text(rows: Sequence[Row], codec_names: Sequence[str], env: str) -> st
         "times are medians over verified runs.",
         summary_table(summary, reference),
     ]
+    staged = [c for c in codec_names if c.startswith("callic")]
+    if staged:
+        parts += [
+            "## callic encode stages",
+            "Median seconds per stage over verified runs; adapters kept / images (the rest carry none).",
+            stage_table(rows, staged),
+        ]
     if failed:
         parts += [
             "## Failures",
@@ -384,6 +443,16 @@ def report_text(rows: Sequence[Row], codec_names: Sequence[str], env: str) -> st
             ),
         ]
     return "\n\n".join(parts) + "\n"
+
+
+def stage_table(rows: Sequence[Row], codec_names: Sequence[str]) -> str:
+    body = []
+    for c in codec_names:
+        mine = [r for r in rows if r["codec"] == c and r["verified"]]
+        medians = [_fmt(_median(r[k] for r in mine if r[k] is not None), ".3g") for k in STAGES]
+        kept = sum(r["adapters"] == "kept" for r in mine)
+        body.append([c, *medians, f"{kept} / {len(mine)}"])
+    return md_table(["codec", "rate estimate", "fine-tuning", "exact pass", "coding", "adapters kept"], body)
 
 
 # ---------------------------------------------------------------- writing
@@ -406,6 +475,9 @@ def write_parquet(path: Path, rows: Sequence[Row]) -> None:
             ("decode_s", pa.float64()),
             ("verified", pa.bool_()),
             ("error", pa.string()),
+            *((stage, pa.float64()) for stage in STAGES),
+            ("adapters", pa.string()),
+            ("adapter_bytes", pa.int64()),
         ]
     )
     table = pa.Table.from_pylist([{k: r[k] for k in COLUMNS} for r in rows], schema=schema)
@@ -460,6 +532,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError("need comma-separated integers >= 0")
+    return list(dict.fromkeys(values))
+
+
+def _order_list(text: str) -> list[str]:
+    from codec.rpft import ORDERS
+
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or set(values) - set(ORDERS):
+        raise argparse.ArgumentTypeError(f"orders are {', '.join(ORDERS)}")
+    return list(dict.fromkeys(values))
+
+
+def variants(steps: Sequence[int], orders: Sequence[str]) -> list[Variant]:
+    return list(dict.fromkeys(Variant(t, o if t else "rate") for t in steps for o in orders))
+
+
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``callic`` subcommands."""
     p = sub.add_parser("bench", help="lossless benchmark: callic vs JPEG XL, WebP, JPEG 2000, JPEG-LS, PNG")
@@ -476,6 +568,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--limit", type=_positive, help="only the first N images (in sorted order)")
     p.add_argument("--repeat", type=_positive, default=1, help="timing runs per image and codec; the median is kept")
+    p.add_argument("--steps", type=_int_list, default=[0], help="callic fine-tuning steps T, comma list (default 0)")
+    p.add_argument(
+        "--adapt-order", type=_order_list, default=["rate"], help="RPFT patch orders, comma list (rate,random,all)"
+    )
+    add_adapt_arguments(p)
     p.set_defaults(func=main)
     return p
 
@@ -488,11 +585,14 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)
         return 1
-    codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads)
+    chosen = variants(args.steps, args.adapt_order)
+    configs = {v: adapt_config(args, v.steps, v.order) for v in chosen}  # flags checked before any work
+    codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, configs.get)
+    codec_names = expand_codecs(args.codecs, chosen)
     rows = run(fs, paths, names, codecs, args.repeat)
     env = environment(args.device, model_hash)
-    write_report(Path(args.out), rows, args.codecs, env)
-    summary, common, reference = summarize(rows, args.codecs)
+    write_report(Path(args.out), rows, codec_names, env)
+    summary, common, reference = summarize(rows, codec_names)
     print(f"{len(paths)} images, mean bpsp over the {len(common)} that every codec verified")
     print(summary_table(summary, reference))
     failures = sum(s["failures"] for s in summary)

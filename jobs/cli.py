@@ -14,49 +14,15 @@ import time
 from pathlib import Path
 
 import codec
-from codec import rpft
-from codec.adapters import AdapterSpec
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
-from codec.rpft import AdaptConfig
 from jobs import bench, datasets, train
+from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.runtime import setup_torch
 
 EXIT_USAGE = 64
 DEFAULT_STEPS = 10
-DEFAULT_ADAPT_PATCHES = 64
-
-
-def adapt_config(args) -> AdaptConfig | None:
-    """The per-image fine-tuning the encode flags ask for (None when --steps is 0)."""
-    if args.steps == 0:
-        return None
-    return AdaptConfig(
-        steps=args.steps,
-        lr=args.lr,
-        order=args.adapt_order,
-        max_patches=args.adapt_patches or None,
-        spec=AdapterSpec(args.lora_rank, tuple(args.tucker_ranks)),
-    )
-
-
-def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
-    """Per-image adaptation flags, shared by ``encode`` and ``bench``."""
-    d = AdaptConfig()
-    steps_help = f"fine-tuning steps T (0: no adaptation; default {DEFAULT_STEPS})"
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=steps_help)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the adapters")
-    p.add_argument("--adapt-order", choices=rpft.ORDERS, default=d.order, help="patch order (rate = RPFT)")
-    p.add_argument(
-        "--adapt-patches",
-        type=int,
-        default=DEFAULT_ADAPT_PATCHES,
-        help="most patches an image trains on per step (0: all, as in the paper; "
-        f"default {DEFAULT_ADAPT_PATCHES}): the speed knob for large images",
-    )
-    p.add_argument("--lora-rank", type=int, default=d.spec.lora_rank)
-    p.add_argument("--tucker-ranks", type=int, nargs=3, default=list(d.spec.tucker_ranks), metavar=("R1", "R2", "R3"))
 
 
 def print_report(report: codec.api.EncodeReport, samples: int) -> None:
@@ -85,7 +51,7 @@ def cmd_encode(args) -> int:
         device=args.device,
         verify=args.verify,
         patches_per_stream=args.patches_per_stream,
-        adapt=adapt_config(args),
+        adapt=adapt_config(args, args.steps),
     )
     seconds = time.perf_counter() - start
     write_atomically(args.output, data)
@@ -136,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="patches per independently coded stream (bounds the decoder's memory)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the time of each stage and the adaptation")
-    add_adapt_arguments(p)
+    add_adapt_arguments(p, DEFAULT_STEPS)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decompress a .cllc file to PNG, TIFF, PPM or BMP")

@@ -125,3 +125,21 @@ def test_usage_errors(tmp_path):
     assert _bench(str(tmp_path), "--codecs", "png,gif") == cli.EXIT_USAGE
     assert _bench(str(tmp_path / "missing"), "--codecs", "png") == 1
     assert _bench(str(tmp_path), "--codecs", "png", "--out", str(tmp_path / "out")) == 1  # no images
+
+
+def test_adaptation_variants_have_their_own_rows_and_stage_times(images, tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    argv = ("--out", str(out), "--model", str(tiny_model_path), "--codecs", "callic,png")
+    assert _bench(str(images), *argv, "--steps", "0,3", "--adapt-order", "rate,all", "--lr", "1e-2") == 0
+    rows = _rows(out)
+    names = ["callic", "callic-t3", "callic-t3-all", "png"]
+    assert [r["codec"] for r in rows] == names * 2
+    for r in rows:
+        assert r["verified"], r
+        if r["codec"] == "callic":
+            assert r["fine_tune_s"] is None and r["adapters"] == "none" and r["exact_pass_s"] > 0
+        elif r["codec"].startswith("callic-"):
+            assert r["fine_tune_s"] > 0 and r["rate_estimate_s"] > 0 and r["adapters"] in ("kept", "dropped")
+            assert r["adapter_bytes"] > 0
+    report = (out / "report.md").read_text()
+    assert "## callic encode stages" in report and "| callic-t3-all |" in report
