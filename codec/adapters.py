@@ -170,9 +170,6 @@ class AdapterSet:
         """start + delta of every factor, in steps (int64)."""
         return {f.name: start_values(f, salt) + self.deltas[f.name] for salt, f in enumerate(factors(cfg, self.spec))}
 
-    def nonzero(self) -> int:
-        return sum(int(d.count_nonzero()) for d in self.deltas.values())
-
 
 # ---------------------------------------------------------------- merging into the exact model
 

@@ -138,7 +138,7 @@ class Model:
     exact: ExactMGCF
     digest: bytes
     file: ModelFile | None = None
-    _float: dict[str, MGCF] = field(default_factory=dict, repr=False)
+    _float: dict[str, MGCF] = field(default_factory=dict, init=False, repr=False)
 
     def float_model(self, device: str | torch.device) -> MGCF:
         key = str(device)

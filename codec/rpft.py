@@ -79,7 +79,7 @@ def fraction(t: int, cfg: AdaptConfig) -> float:
 class Adapted:
     """One image's outcome. Bits are estimates from the float model (not coded sizes)."""
 
-    adapters: AdapterSet | None
+    adapters: AdapterSet
     base_bits: float
     adapted_bits: float  # image bits with the quantized adapters, adapter bits not included
     timings: dict[str, float]
@@ -166,8 +166,7 @@ class _Batch:
             patches.append(patchify(px, p))
             masks.append(real_masks(h, w, p, range(patches[-1].shape[0])))
             first.append(first[-1] + patches[-1].shape[0])
-        counts = [len(m) for m in masks]
-        image = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
+        image = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(first).diff())
         subpixels = torch.tensor([3.0 * px.shape[0] * px.shape[1] for px in images], device=device)
         x = torch.cat(patches).permute(0, 3, 1, 2).float().to(device)
         return cls(x, torch.cat(masks).to(device), image.to(device), first, subpixels)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from codec import rpft
 from codec.adapters import AdapterSpec
 from codec.errors import CallicError
 from codec.rpft import AdaptConfig
@@ -34,12 +33,10 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
         raise AdaptUsageError(str(exc)) from exc
 
 
-def add_adapt_arguments(p: argparse.ArgumentParser, steps: int | None = None) -> None:
-    """Per-image adaptation flags; without ``steps`` the caller defines its own ``--steps``/order."""
+def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
+    """The adaptation flags ``encode`` and ``bench`` share (each defines its own ``--steps`` and
+    ``--adapt-order``: one value for encode, comma lists for bench)."""
     d = AdaptConfig()
-    if steps is not None:
-        p.add_argument("--steps", type=int, default=steps, help=f"fine-tuning steps T (0: none; default {steps})")
-        p.add_argument("--adapt-order", choices=rpft.ORDERS, default=d.order, help="patch order (rate = RPFT)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the adapters")
     p.add_argument(
         "--adapt-patches",

@@ -192,9 +192,14 @@ def build_codecs(
     return codecs, model_hash
 
 
+def comma_list(text: str) -> list[str]:
+    """Comma-separated items, stripped, repeats dropped, order kept."""
+    return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+
+
 def parse_codecs(text: str) -> list[str]:
     """``--codecs a,b``: known names, no repeats, order kept (it is the tables' column order)."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = comma_list(text)
     unknown = [n for n in names if n not in CODEC_NAMES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown codec {', '.join(unknown) or '(none)'}; use {','.join(CODEC_NAMES)}")
@@ -533,19 +538,19 @@ def _positive(text: str) -> int:
 
 
 def _int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
+    values = list(dict.fromkeys(int(v) for v in comma_list(text)))
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError("need comma-separated integers >= 0")
-    return list(dict.fromkeys(values))
+    return values
 
 
 def _order_list(text: str) -> list[str]:
     from codec.rpft import ORDERS
 
-    values = [v.strip() for v in text.split(",") if v.strip()]
+    values = comma_list(text)
     if not values or set(values) - set(ORDERS):
         raise argparse.ArgumentTypeError(f"orders are {', '.join(ORDERS)}")
-    return list(dict.fromkeys(values))
+    return values
 
 
 def variants(steps: Sequence[int], orders: Sequence[str]) -> list[Variant]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import codec
+from codec import rpft
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
 from jobs import bench, datasets, train
@@ -102,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="patches per independently coded stream (bounds the decoder's memory)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the time of each stage and the adaptation")
-    add_adapt_arguments(p, DEFAULT_STEPS)
+    steps_help = f"fine-tuning steps T (0: none; default {DEFAULT_STEPS})"
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=steps_help)
+    p.add_argument("--adapt-order", choices=rpft.ORDERS, default="rate", help="patch order (rate = RPFT)")
+    add_adapt_arguments(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="decompress a .cllc file to PNG, TIFF, PPM or BMP")

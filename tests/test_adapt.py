@@ -133,9 +133,10 @@ def test_merge_is_integer_and_leaves_the_base_untouched(tiny_model):
     assert {k.rsplit(".", 2)[-2] for k in changed} == {"gate_a", "gate_v", "gate_o", "fc1", "fc2", "dw", "head"}
     assert all(torch.equal(v, v.round()) for v in merged.values())
     # Merging on another thread count or twice gives the same integers.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     again = merge(net.cfg, net.t, a)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     assert all(torch.equal(merged[k], again[k]) for k in merged)
 
 
