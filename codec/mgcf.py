@@ -38,9 +38,11 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", kernel_mask(kernel, strict), persistent=False)
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """``delta``: per-sample additions to a depth-wise kernel, (B, C, 1, k, k); masked like it."""
-        if delta is None:
-            return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
+        """``delta``: per-sample additions to a depth-wise kernel, (B, C, 1, k, k), or one addition
+        for the whole batch, (1, C, 1, k, k); masked like the kernel."""
+        if delta is None or delta.shape[0] == 1:
+            weight = self.weight if delta is None else self.weight + delta[0]
+            return F.conv2d(x, weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
         # One grouped conv over the batch folded into channels: every sample gets its own kernel.
         b, c, h, w = x.shape
         kernel = ((self.weight + delta) * self.mask).reshape(b * c, 1, *self.kernel_size)
@@ -52,7 +54,11 @@ Deltas = dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """``layer(x)`` plus a per-sample low-rank update ``x @ down @ up``; down (B, in, r), up (B, r, out)."""
+    """``layer(x)`` plus a per-sample low-rank update ``x @ down @ up``; down (B, in, r), up (B, r, out),
+    or one update for the whole batch (leading dimension 1), merged into the weight: on a CPU that is
+    about twice as fast as the per-sample products, whose rank-r matrix products are memory-bound."""
+    if lora is not None and lora[0].shape[0] == 1:
+        return F.linear(x, layer.weight + (lora[0][0] @ lora[1][0]).T, layer.bias)
     y = layer(x)
     if lora is None:
         return y

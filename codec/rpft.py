@@ -192,18 +192,31 @@ def _run(
     amp: bool,
     grad_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Estimated bits of patches ``which`` (global indices), ``chunk`` patches per pass. With
-    ``grad_scale`` (per image) it also back-propagates sum(bits * scale), one chunk at a time."""
+    """Estimated bits of patches ``which`` (global indices, grouped by image), ``chunk`` patches per
+    pass. With ``grad_scale`` (per image) it also back-propagates sum(bits * scale), one chunk at a time.
+
+    On a GPU a pass mixes images (each patch with its own image's updates); on a CPU a pass holds
+    one image's patches only, whose updates are merged into the weights once (``codec.mgcf``):
+    cheaper there, and a pass then never depends on the other images of the batch.
+    """
     out = []
-    for s in range(0, len(which), chunk):
-        idx = which[s : s + chunk]
+    for idx in _chunks(which, batch.image, chunk, mixed=amp):
         img = batch.image[idx]
-        deltas = adapters.patch_deltas(img) if adapters is not None else None
+        deltas = None if adapters is None else adapters.patch_deltas(img if amp else img[:1])
         bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, amp)
         if grad_scale is not None:
             (bits * grad_scale[img]).sum().backward()
         out.append(bits.detach())
     return torch.cat(out) if out else torch.zeros(0, device=batch.patches.device)
+
+
+def _chunks(which: torch.Tensor, image: torch.Tensor, chunk: int, mixed: bool) -> list[torch.Tensor]:
+    """``which`` in passes of at most ``chunk`` patches; unless ``mixed``, each of one image only."""
+    runs = [which]
+    if not mixed and len(which):
+        ends = (torch.nonzero(image[which].diff()).flatten() + 1).tolist()
+        runs = list(torch.tensor_split(which, ends))
+    return [run[s : s + chunk] for run in runs for s in range(0, len(run), chunk)]
 
 
 def _step_seed(cfg: AdaptConfig, t: int) -> int:

@@ -8,7 +8,7 @@ from codec.adapters import AdapterSpec
 from codec.errors import CallicError
 from codec.rpft import AdaptConfig
 
-DEFAULT_ADAPT_PATCHES = 64
+DEFAULT_ADAPT_PATCHES = 32
 
 
 class AdaptUsageError(CallicError):

@@ -20,7 +20,9 @@ png           libpng, zlib ``level=9`` (best), libpng's default adaptive filteri
 ============  ==================================================================================
 
 Output in ``--out``: ``results.parquet`` (one row per image and codec), ``report.md`` (per-image
-bpsp, per-codec summary, environment) and ``bpsp.png``; each written atomically at the end.
+bpsp, per-codec summary, environment) and ``bpsp.png``, each written atomically at the end; and
+``rows.jsonl``, every row as soon as it is finished (``jobs.rowlog``). ``--resume`` keeps the rows
+an earlier run with the same settings finished (failures included) and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from codec.images import read_image
 from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images, relative_name
+from jobs.rowlog import RowLog
 from jobs.runtime import setup_torch
 
 SUFFIXES = frozenset({".png", ".ppm", ".tif", ".tiff", ".bmp", ".webp"})
@@ -303,13 +306,20 @@ def bench_one(c: Codec, image: str, pixels: np.ndarray, repeat: int) -> Row:
     return row
 
 
-def run(fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Codec], repeat: int) -> list[Row]:
-    """Every (image, codec) pair, with a progress bar; an unreadable image gives one error row per codec."""
+def run(
+    fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Codec], repeat: int, log: RowLog
+) -> list[Row]:
+    """Every (image, codec) pair not already in ``log.done``, with a progress bar, each row logged
+    as it is made; an unreadable image gives one error row per codec. Returns all rows, in order."""
     from tqdm import tqdm
 
     rows: list[Row] = []
-    with tqdm(total=len(paths) * len(codecs), desc="bench", unit="run", file=sys.stderr) as bar:
+    missing = sum((n, c.name) not in log.done for n in names for c in codecs)
+    with tqdm(total=missing, desc="bench", unit="run", file=sys.stderr) as bar:
         for path, name in zip(paths, names, strict=True):
+            if all((name, c.name) in log.done for c in codecs):  # not even read again
+                rows += [log.done[(name, c.name)] for c in codecs]
+                continue
             pixels, error, shape = None, None, (None, None)
             try:
                 pixels = load_pixels(fs, path)
@@ -318,10 +328,13 @@ def run(fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Co
             except Exception as exc:  # unreadable, storage error: recorded, not fatal
                 error = f"{type(exc).__name__}: {exc}"
             for c in codecs:
+                if (name, c.name) in log.done:
+                    rows.append(log.done[(name, c.name)])
+                    continue
                 bar.set_postfix_str(f"{name} {c.name}", refresh=False)
-                rows.append(
-                    bench_one(c, name, pixels, repeat) if pixels is not None else new_row(name, c.name, *shape, error)
-                )
+                row = bench_one(c, name, pixels, repeat) if pixels is not None else new_row(name, c.name, *shape, error)
+                log.add(row)
+                rows.append(row)
                 bar.update()
     return rows
 
@@ -572,6 +585,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="torch threads (and the anchors' numthreads)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--limit", type=_positive, help="only the first N images (in sorted order)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows an earlier run into --out finished (same settings) and run only the rest",
+    )
     p.add_argument("--repeat", type=_positive, default=1, help="timing runs per image and codec; the median is kept")
     p.add_argument("--steps", type=_int_list, default=[0], help="callic fine-tuning steps T, comma list (default 0)")
     p.add_argument(
@@ -594,7 +612,14 @@ def main(args: argparse.Namespace) -> int:
     configs = {v: adapt_config(args, v.steps, v.order) for v in chosen}  # flags checked before any work
     codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, configs.get)
     codec_names = expand_codecs(args.codecs, chosen)
-    rows = run(fs, paths, names, codecs, args.repeat)
+    settings = {
+        "model": model_hash,
+        "device": args.device,
+        "threads": args.threads,
+        "repeat": args.repeat,
+        **{k: getattr(args, k) for k in ("lr", "adapt_patches", "lora_rank", "tucker_ranks")},
+    }
+    rows = run(fs, paths, names, codecs, args.repeat, RowLog(Path(args.out), settings, args.resume))
     env = environment(args.device, model_hash)
     write_report(Path(args.out), rows, codec_names, env)
     summary, common, reference = summarize(rows, codec_names)

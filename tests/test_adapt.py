@@ -200,3 +200,29 @@ def test_ablation_orders_round_trip(image, tiny_model, order):
     cfg = AdaptConfig(steps=3, lr=1e-2, order=order, max_patches=2)
     data = codec.encode(image, model=tiny_model, adapt=cfg, verify=True)
     assert_same_pixels(codec.decode(data).pixels, image)
+
+
+def test_one_update_for_the_batch_equals_the_same_update_per_sample(tiny_model):
+    from codec import rpft
+
+    net = tiny_model.float_model("cpu")
+    ad = rpft.ImageAdapters(net, AdapterSpec(), 1)
+    with torch.no_grad():
+        for i, d in enumerate(ad.delta):
+            d.copy_(torch.randn(d.shape, generator=torch.Generator().manual_seed(i)) * 20 * adapters.STEP)
+        x = torch.randint(0, 256, (3, 3, 16, 16)).float()
+        merged = net(x, ad.patch_deltas(torch.zeros(1, dtype=torch.long)))
+        per_sample = net(x, ad.patch_deltas(torch.zeros(3, dtype=torch.long)))
+        plain = net(x)
+    assert torch.allclose(merged, per_sample, atol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-2)  # the update does change the output
+
+
+def test_cpu_passes_hold_one_image_each():
+    from codec.rpft import _chunks
+
+    image = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    which = torch.tensor([2, 0, 1, 4, 3, 5, 6, 7, 8])
+    per_image = [c.tolist() for c in _chunks(which, image, 2, mixed=False)]
+    assert per_image == [[2, 0], [1], [4, 3], [5, 6], [7, 8]]
+    assert [c.tolist() for c in _chunks(which, image, 4, mixed=True)] == [[2, 0, 1, 4], [3, 5, 6, 7], [8]]

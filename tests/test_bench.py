@@ -1,5 +1,6 @@
 """``callic bench``: every round trip verified, failures recorded without stopping the run."""
 
+import json
 import math
 
 import imagecodecs
@@ -143,3 +144,30 @@ def test_adaptation_variants_have_their_own_rows_and_stage_times(images, tmp_pat
             assert r["adapter_bytes"] > 0
     report = (out / "report.md").read_text()
     assert "## callic encode stages" in report and "| callic-t3-all |" in report
+
+
+def test_resume_keeps_finished_rows_and_runs_the_rest(images, tmp_path):
+    out = tmp_path / "out"
+    argv = (str(images), "--out", str(out), "--codecs", ANCHORS)
+    assert _bench(*argv) == 0
+    log = out / "rows.jsonl"
+    settings, first, *rest = log.read_text().splitlines()
+    assert len(rest) == 3 and '"settings"' in settings
+    kept = json.loads(first)
+    kept["encode_s"] = 12345.0  # marks the row, to tell a kept row from a run again
+    log.write_text(f"{settings}\n{json.dumps(kept)}\n{rest[0][:25]}")  # a run killed while writing its 2nd row
+
+    assert _bench(*argv, "--repeat", "2", "--resume") == 64  # other settings: refused, nothing lost
+    assert json.loads(log.read_text().splitlines()[1])["encode_s"] == 12345.0
+
+    assert _bench(*argv, "--resume") == 0
+    rows = _rows(out)
+    assert [(r["image"], r["codec"]) for r in rows] == [
+        (json.loads(x)["image"], json.loads(x)["codec"]) for x in [first, *rest]
+    ]
+    assert all(r["verified"] for r in rows)
+    assert [r["encode_s"] == 12345.0 for r in rows] == [True, False, False, False]
+    assert len(log.read_text().splitlines()) == 5  # settings + 4 rows, the torn line gone
+
+    assert _bench(*argv) == 0  # without --resume: a fresh run
+    assert all(r["encode_s"] < 12345.0 for r in _rows(out))
