@@ -12,10 +12,12 @@
 3. The quantized adapters and estimates of the image's bits with and without them; the caller
    (``codec.api``) decides whether they pay for themselves.
 
-A batch of images is adapted together: every patch in a forward pass carries its image's own
-adapter updates (``codec.mgcf``: batched low-rank products and a grouped depth-wise conv) over the
-shared base weights. Each image's loss is its own, and Adam is elementwise, so each image gets
-the adapters it would get alone, up to float rounding.
+A batch of images is adapted together, one optimizer step for all of them. On a GPU a forward
+pass mixes their patches, each carrying its own image's adapter updates (``codec.mgcf``: batched
+low-rank products and a grouped depth-wise conv) over the shared base weights; on a CPU each pass
+holds one image's patches, with its updates merged into the weights (see ``_run``). Each image's
+loss is its own, and Adam is elementwise, so each image gets the adapters it would get alone, up
+to float rounding.
 
 Beyond the paper, ``max_patches`` caps the patches an image trains on per step (a random subset,
 fixed by the seed, of its first F(t)): large images then cost the same per step as small ones.
@@ -53,6 +55,7 @@ class AdaptConfig:
     order: str = "rate"
     max_patches: int | None = None
     chunk_patches: int | None = None  # patches per forward/backward pass (default: 16 CPU, 128 GPU)
+    mixed_passes: bool | None = None  # may a pass mix images (default: on a GPU only; see _run)
     spec: AdapterSpec = field(default_factory=AdapterSpec)
     seed: int = 0
 
@@ -175,6 +178,16 @@ class _Batch:
         return torch.arange(self.first[i], self.first[i + 1], device=self.patches.device)
 
 
+@dataclass(frozen=True)
+class _Passes:
+    """How patches go through the model: ``chunk`` per pass, bf16 autocast (``amp``, CUDA), and
+    whether one pass may hold several images' patches (``mixed``)."""
+
+    chunk: int
+    amp: bool
+    mixed: bool
+
+
 def _patch_bits(model: MGCF, x: torch.Tensor, mask: torch.Tensor, deltas: Deltas | None, amp: bool) -> torch.Tensor:
     """Estimated bits of each patch's real pixels, (B,)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -188,22 +201,22 @@ def _run(
     adapters: ImageAdapters | None,
     batch: _Batch,
     which: torch.Tensor,
-    chunk: int,
-    amp: bool,
+    passes: _Passes,
     grad_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Estimated bits of patches ``which`` (global indices, grouped by image), ``chunk`` patches per
-    pass. With ``grad_scale`` (per image) it also back-propagates sum(bits * scale), one chunk at a time.
+    """Estimated bits of patches ``which`` (global indices, grouped by image). With ``grad_scale``
+    (per image) it also back-propagates sum(bits * scale), one pass at a time.
 
-    On a GPU a pass mixes images (each patch with its own image's updates); on a CPU a pass holds
-    one image's patches only, whose updates are merged into the weights once (``codec.mgcf``):
-    cheaper there, and a pass then never depends on the other images of the batch.
+    Mixed passes (the GPU default) hold patches of several images, each with its own image's
+    updates: one big pass keeps a GPU busy. Otherwise (the CPU default) a pass holds one image's
+    patches, whose updates are merged into the weights once (``codec.mgcf``): cheaper on a CPU,
+    and a pass then never depends on the other images of the batch.
     """
     out = []
-    for idx in _chunks(which, batch.image, chunk, mixed=amp):
+    for idx in _chunks(which, batch.image, passes.chunk, passes.mixed):
         img = batch.image[idx]
-        deltas = None if adapters is None else adapters.patch_deltas(img if amp else img[:1])
-        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, amp)
+        deltas = None if adapters is None else adapters.patch_deltas(img if passes.mixed else img[:1])
+        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp)
         if grad_scale is not None:
             (bits * grad_scale[img]).sum().backward()
         out.append(bits.detach())
@@ -239,8 +252,9 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
     The model's parameters are frozen (``requires_grad`` off) and it is put in eval mode.
     """
     device = model.head.weight.device
-    amp = device.type == "cuda"
-    chunk = cfg.chunk_patches or (128 if amp else 16)
+    gpu = device.type == "cuda"
+    mixed = gpu if cfg.mixed_passes is None else cfg.mixed_passes
+    passes = _Passes(cfg.chunk_patches or (128 if gpu else 16), gpu, mixed)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
@@ -249,7 +263,7 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
     batch = _Batch.of(images, model.cfg.patch, device)
     everything = torch.arange(len(batch.image), device=device)
     with torch.no_grad():
-        base = _run(model, None, batch, everything, chunk, amp)
+        base = _run(model, None, batch, everything, passes)
     orders = []  # per image, global patch indices in training order
     for i in range(len(images)):
         own = batch.patch_range(i)
@@ -270,11 +284,11 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
         selected = 3 * torch.zeros(len(images), device=device).index_add_(
             0, batch.image[which], batch.mask[which].sum((1, 2)).float()
         )
-        _run(model, adapters, batch, which, chunk, amp, grad_scale=1.0 / selected)
+        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected)
         (adapters.rate_bits(_step_seed(cfg, t)) / batch.subpixels).sum().backward()
         optimizer.step()
     with torch.no_grad():
-        adapted = _run(model, adapters, batch, everything, chunk, amp)
+        adapted = _run(model, adapters, batch, everything, passes)
     _sync(device)
     timings["fine_tune_s"] = time.perf_counter() - start
     return [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -166,8 +168,8 @@ def test_rate_order_trains_on_the_costliest_patches_first(tiny_model, monkeypatc
     seen = []
     real_run = rpft._run
 
-    def spy(model, ad, batch, which, chunk, amp, grad_scale=None):
-        out = real_run(model, ad, batch, which, chunk, amp, grad_scale)
+    def spy(model, ad, batch, which, passes, grad_scale=None):
+        out = real_run(model, ad, batch, which, passes, grad_scale)
         if ad is None:
             seen.append(("estimate", out.clone()))
         elif grad_scale is not None:
@@ -183,10 +185,12 @@ def test_rate_order_trains_on_the_costliest_patches_first(tiny_model, monkeypatc
     assert seen[2][1].tolist()[:3] == first.tolist()
 
 
-def test_batched_adaptation_matches_one_by_one(samples, tiny_model):
+@pytest.mark.parametrize("mixed", [False, True])  # passes of one image (CPU default) or mixed (GPU default)
+def test_batched_adaptation_matches_one_by_one(samples, tiny_model, mixed):
     images = [np.ascontiguousarray(samples[n][:40, :56]) for n in ("kodim23-crop", "coffee-crop", "monarch-crop")]
     images[1] = np.ascontiguousarray(images[1][:24, :40])  # sizes differ
-    together = codec.api.encode_many(images, model=tiny_model, adapt=ADAPT)
+    batched = dataclasses.replace(ADAPT, mixed_passes=mixed, chunk_patches=4)  # passes cross images
+    together = codec.api.encode_many(images, model=tiny_model, adapt=batched)
     for img, (data, report) in zip(images, together, strict=True):
         [(alone, alone_report)] = codec.api.encode_many([img], model=tiny_model, adapt=ADAPT)
         assert report.adapters == alone_report.adapters
