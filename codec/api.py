@@ -187,15 +187,17 @@ def encode(
     patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
     verify: bool = False,
     adapt: AdaptConfig | None = None,
+    learned: bool = True,
 ) -> bytes:
     """Compress ``image`` (numpy array, ``Raster`` or Pillow image) to ``.cllc`` bytes.
 
     ``model``: from ``load_model``; the shipped default when None. ``adapt``: per-image
     fine-tuning (``AdaptConfig(steps=T)``); None or T = 0 codes with the pre-trained model.
-    ``verify``: decode the result (on the CPU) and compare before returning.
+    ``verify``: decode the result (on the CPU) and compare before returning. ``learned=False``
+    codes 8-bit RGB(A) with the classical coder (JPEG-XL lossless) too, e.g. to keep the smaller.
     """
     kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify}
-    return encode_many([image], adapt=adapt, **kwargs)[0][0]
+    return encode_many([image], adapt=adapt, learned=learned, **kwargs)[0][0]
 
 
 def encode_many(
@@ -206,6 +208,7 @@ def encode_many(
     patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
     verify: bool = False,
     adapt: AdaptConfig | None = None,
+    learned: bool = True,
 ) -> list[tuple[bytes, EncodeReport]]:
     """``encode`` for several images: their adapters are fine-tuned together, in one batch (one
     forward pass per step for all of them), and each file is the same as encoding it alone would
@@ -213,7 +216,7 @@ def encode_many(
     if not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     rasters = [_as_raster(image) for image in images]
-    learned_idx = [i for i, r in enumerate(rasters) if r.pixels.dtype == np.uint8 and r.mode in ("RGB", "RGBA")]
+    learned_idx = [i for i, r in enumerate(rasters) if learned and _learned_path(r)]
     if learned_idx and model is None:
         model = load_model(device=device)
     adapted: dict[int, Adapted] = {}
@@ -223,7 +226,7 @@ def encode_many(
     out = []
     for i, raster in enumerate(rasters):
         report = EncodeReport(steps=adapt.steps if adapt is not None and i in adapted else 0)
-        data = _encode_one(raster, model, adapted.get(i), patches_per_stream, report)
+        data = _encode_one(raster, model if i in learned_idx else None, adapted.get(i), patches_per_stream, report)
         if verify:
             start = time.perf_counter()
             decode(data, model=Model(model.exact.to("cpu"), model.digest) if model is not None else None)
@@ -250,13 +253,17 @@ def _adapter_choice(model: Model, adapted: Adapted, report: EncodeReport) -> tup
         return None
 
 
+def _learned_path(raster: Raster) -> bool:
+    return raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
+
+
 def _encode_one(raster: Raster, model: Model | None, adapted: Adapted | None, per: int, report: EncodeReport) -> bytes:
+    """One image's file: the learned coder when a model is given (8-bit RGB(A) only), else classical."""
     pixels = raster.pixels
-    learned_path = pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
+    learned_path = model is not None and _learned_path(raster)
     container = Container()
     model_hash, patch, section = bytes(32), 0, None
     if learned_path:
-        assert model is not None
         model_hash, patch = model.digest, model.exact.cfg.patch
         rgb = np.ascontiguousarray(pixels[..., :3])
         with torch.inference_mode():

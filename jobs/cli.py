@@ -17,7 +17,7 @@ import codec
 from codec import rpft
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
-from jobs import bench, datasets, train
+from jobs import archive, bench, datasets, train
 from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.runtime import setup_torch
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub)
     datasets.add_parser(sub)
     bench.add_parser(sub)
+    archive.add_parsers(sub)
     return parser
 
 

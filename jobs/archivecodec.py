@@ -1,0 +1,197 @@
+"""The codec side of archive jobs: source file bytes -> what to store, and back.
+
+What is stored for a source file:
+
+- ``passthrough`` (its bytes, unchanged): files already lossy-coded (JPEG), formats we cannot
+  write back (GIF, WebP, ...), animations and multi-page files, and any image whose pixels would
+  not survive being written back in its own format. Restoring gives the very same bytes.
+- a ``.cllc`` otherwise: the learned coder for 8-bit RGB(A) (with ``steps`` of per-image
+  adaptation), the classical coders for the other modes. With ``codec: auto`` an 8-bit RGB(A)
+  image is also coded with JPEG-XL lossless and the smaller file is kept. Restoring writes the
+  pixels and metadata back in the source's format (PNG, TIFF, PPM or BMP): the same pixels, not
+  the same bytes.
+
+Before a ``.cllc`` is accepted, writing the source's pixels back in its format and reading them
+again must give the same pixels (so a restore cannot silently change a pixel), and with
+``verify`` the ``.cllc`` is decoded on the CPU and checked against the pixel hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import codec
+from codec.api import EncodeReport, encode_many
+from codec.errors import CallicError, UnsupportedError, VerificationError
+from codec.images import from_pil, read_image, write_image_bytes
+from codec.raster import Raster, pixel_hash
+from codec.rpft import AdaptConfig
+from pipeline.items import Encoded, Resources
+
+WRITABLE = {"PNG", "TIFF", "PPM", "BMP"}
+CODECS = ("callic", "auto")
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """Everything the job spec records about coding (``JobSpec.codec``)."""
+
+    codec: str = "callic"
+    steps: int = 0
+    adapt_patches: int = 32
+    model: str | None = None  # a model file; None = the shipped default
+    batch: int = 0  # images adapted together; 0 = 8 on a GPU, 1 on a CPU
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ArchiveCodec:
+    """``pipeline.items.ItemCodec`` for callic: built once per worker process."""
+
+    def __init__(self, settings: CodecSettings, resources: Resources) -> None:
+        import torch
+
+        from jobs.runtime import setup_torch
+
+        if settings.codec not in CODECS:
+            raise UnsupportedError(f"codec {settings.codec!r} is not available (choose from {', '.join(CODECS)})")
+        device = resources.device if resources.device == "cpu" or torch.cuda.is_available() else "cpu"
+        setup_torch(resources.threads, device)
+        self.settings, self.device = settings, device
+        self.model = codec.load_model(settings.model, device=device)
+        self.cpu_model = self.model if device == "cpu" else codec.load_model(settings.model, device="cpu")
+        self.model_hash = self.model.digest.hex()
+        self.batch_size = settings.batch or (8 if device == "cuda" else 1)
+        self.adapt = (
+            AdaptConfig(steps=settings.steps, max_patches=settings.adapt_patches or None) if settings.steps else None
+        )
+
+    # ------------------------------------------------------------------ archive
+
+    def encode_batch(self, items: list[tuple[str, bytes]], verify: bool) -> list[Encoded | BaseException]:
+        out: list[Encoded | BaseException | None] = [None] * len(items)
+        to_code: list[tuple[int, Raster, str]] = []
+        for i, (_key, data) in enumerate(items):
+            try:
+                kind = self._classify(data)
+                if isinstance(kind, Encoded):
+                    out[i] = kind
+                else:
+                    to_code.append((i, *kind))
+            except Exception as exc:
+                out[i] = exc
+        if to_code:
+            try:
+                coded = self._code([r for _, r, _ in to_code], verify)
+            except Exception:
+                # One bad image must not sink its batch: code them one by one to find it.
+                coded = []
+                for _, r, _ in to_code:
+                    try:
+                        coded.extend(self._code([r], verify))
+                    except Exception as exc:
+                        coded.append(exc)
+            for (i, raster, fmt), result in zip(to_code, coded, strict=True):
+                out[i] = result if isinstance(result, BaseException) else self._fields(result, raster, fmt)
+        return out  # type: ignore[return-value]
+
+    def _classify(self, data: bytes) -> Encoded | tuple[Raster, str]:
+        """Passthrough (an Encoded) or (pixels, format) to code."""
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, frames = im.format or "", getattr(im, "n_frames", 1)
+        if fmt not in WRITABLE or frames > 1:
+            return self._passthrough(data, fmt)
+        raster = read_image(data)
+        try:
+            again = read_image(write_image_bytes(raster, fmt))
+            same = again.pixels.dtype == raster.pixels.dtype and np.array_equal(again.pixels, raster.pixels)
+        except CallicError:
+            same = False
+        if not same:
+            return self._passthrough(data, fmt, raster)
+        return raster, fmt
+
+    def _passthrough(self, data: bytes, fmt: str, raster: Raster | None = None) -> Encoded:
+        if raster is None:
+            # Pixel facts for the manifest, when Pillow can read the file at all.
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                raster = from_pil(im)
+        fields = {**_pixel_fields(raster), "codec": "passthrough", "format": fmt, "steps": 0, "adapter_bytes": 0}
+        fields["bpsp"] = 8 * len(data) / raster.pixels.size
+        fields["pixel_hash"] = None
+        return Encoded(data, "", fields)
+
+    def _code(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+        start = time.perf_counter()
+        pairs = encode_many(rasters, model=self.model, device=self.device, adapt=self.adapt, verify=verify)
+        share = (time.perf_counter() - start) / len(rasters)
+        out = []
+        for raster, (blob, report) in zip(rasters, pairs, strict=True):
+            encode_s = share - report.timings.get("verify_s", 0.0)
+            if self.settings.codec == "auto" and report.coder == "mgcf":
+                t0 = time.perf_counter()
+                classical = codec.encode(raster, learned=False, verify=verify)
+                encode_s += time.perf_counter() - t0
+                if len(classical) < len(blob):
+                    blob, report = classical, EncodeReport(bytes=len(classical), coder="jxl-lossless")
+            out.append((blob, report, encode_s))
+        return out
+
+    def _fields(self, coded: tuple[bytes, EncodeReport, float], raster: Raster, fmt: str) -> Encoded:
+        blob, report, encode_s = coded
+        learned = report.coder == "mgcf"
+        fields = {
+            **_pixel_fields(raster),
+            "codec": "callic" if learned else report.coder,
+            "format": fmt,
+            "bpsp": 8 * len(blob) / raster.pixels.size,
+            "steps": report.steps if learned else 0,
+            "adapter_bytes": report.adapter_bytes,
+            "encode_s": encode_s,
+            "verify_s": report.timings.get("verify_s"),
+            "pixel_hash": pixel_hash(raster.pixels).hex(),
+            "model_hash": self.model_hash if learned else None,
+        }
+        return Encoded(blob, ".cllc", fields)
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, blob: bytes, row: dict[str, Any]) -> bytes:
+        if row["codec"] == "passthrough":
+            if hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
+                raise VerificationError(f"{row['source_key']}: stored bytes do not match the source's SHA-256")
+            return blob
+        raster = codec.decode(blob, model=self.cpu_model if self.device == "cpu" else self.model)
+        if pixel_hash(raster.pixels).hex() != row["pixel_hash"]:
+            raise VerificationError(f"{row['source_key']}: decoded pixels do not match the manifest's pixel hash")
+        return write_image_bytes(raster, row["format"])
+
+
+def _pixel_fields(raster: Raster) -> dict[str, Any]:
+    px = raster.pixels
+    return {
+        "width": raster.width,
+        "height": raster.height,
+        "mode": raster.mode,
+        "bit_depth": 1 if px.dtype == np.bool_ else px.dtype.itemsize * 8,
+        "raw_bytes": int(px.nbytes),
+    }
+
+
+@dataclass(frozen=True)
+class ArchiveCodecFactory:
+    """Picklable: travels to every Ray worker, which calls it once."""
+
+    settings: CodecSettings
+
+    def __call__(self, resources: Resources) -> ArchiveCodec:
+        return ArchiveCodec(self.settings, resources)

@@ -1,0 +1,166 @@
+"""Running a job: which images are left, shards out to actors, retries, and the compacted manifest.
+
+The same loop serves a new job and a resumed one: what is left is always computed from the shard
+manifests under the job folder, so a driver killed at any moment loses at most the shards in
+flight, and ``resume`` picks them up. A worker that dies (killed, out of memory, node lost) is
+replaced and its shard retried; after ``max_attempts`` tries its images become failed rows, so
+no image ever goes missing from the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from pipeline import cluster, events, manifest
+from pipeline.items import CodecFactory, Resources
+from pipeline.job import JobSpec
+from pipeline.progress import ProgressBar
+from pipeline.shard import ShardResult, ShardTask, failed_rows
+from pipeline.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    images: int = 0  # images this run set out to do
+    ok: int = 0
+    failed: int = 0
+    source_bytes: int = 0
+    stored_bytes: int = 0
+    seconds: float = 0.0
+    workers: int = 0
+    worker_restarts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def pending_tasks(spec: JobSpec, sources: pa.Table, rows: pa.Table) -> list[ShardTask]:
+    """Shards with images still to do: never tried, or failed fewer than ``max_attempts`` times
+    and never succeeded. Each image's attempt number continues from its manifest rows."""
+    ok: set[str] = set()
+    tries: dict[str, int] = {}
+    for key, status, attempt in zip(
+        rows["source_key"].to_pylist(), rows["status"].to_pylist(), rows["attempt"].to_pylist(), strict=True
+    ):
+        if status == "ok":
+            ok.add(key)
+        tries[key] = max(tries.get(key, 0), attempt or 1)
+    by_shard: dict[int, list[str]] = {}
+    for shard, key in zip(sources["shard"].to_pylist(), sources["source_key"].to_pylist(), strict=True):
+        if key not in ok and tries.get(key, 0) < spec.max_attempts:
+            by_shard.setdefault(shard, []).append(key)
+    return [
+        ShardTask(spec.job_id, shard, keys, {k: tries.get(k, 0) + 1 for k in keys}, spec.pack, spec.verify)
+        for shard, keys in sorted(by_shard.items())
+    ]
+
+
+def run(
+    spec: JobSpec,
+    src: Store,
+    job: Store,
+    factory: CodecFactory,
+    tasks: list[ShardTask],
+    workers: int | None,
+    gpus_per_worker: float,
+    show_progress: bool = True,
+) -> RunSummary:
+    """Process ``tasks`` on Ray actors until every one is done or given up on."""
+    summary = RunSummary(images=sum(len(t.keys) for t in tasks))
+    start = time.perf_counter()
+    if not tasks:
+        return summary
+    p = cluster.plan(workers, gpus_per_worker)
+    p = cluster.Plan(min(p.workers, len(tasks)), p.gpus_per_worker, p.cpus_per_worker)
+    summary.workers = p.workers
+    resources = Resources(p.device, p.cpus_per_worker)
+    progress = cluster.Progress.remote()
+
+    def new_actor() -> Any:
+        return cluster.ShardWorker.options(**cluster.actor_options(p)).remote(factory, src, job, resources, progress)
+
+    events.emit(
+        "job_run", job=spec.job_id, shards=len(tasks), images=summary.images, workers=p.workers, device=p.device
+    )
+    actors = [new_actor() for _ in range(p.workers)]
+    queue: deque[ShardTask] = deque(tasks)
+    tries: dict[int, int] = {}
+    inflight: dict[Any, tuple[ShardTask, int]] = {}
+    bar = ProgressBar(summary.images, enabled=show_progress)
+    try:
+        while queue or inflight:
+            busy = {slot for _, slot in inflight.values()}
+            for slot in range(len(actors)):
+                if queue and slot not in busy:
+                    task = queue.popleft()
+                    inflight[actors[slot].run.remote(task)] = (task, slot)
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            bar.update(*ray.get(progress.counts.remote()))
+            for ref in done:
+                task, slot = inflight.pop(ref)
+                try:
+                    result: ShardResult = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    died = isinstance(exc, RayActorError)
+                    if died:
+                        summary.worker_restarts += 1
+                        actors[slot] = new_actor()
+                    tries[task.shard] = tries.get(task.shard, 1) + 1
+                    reason = "worker died" if died else f"shard failed: {_cause(exc)}"
+                    events.emit(
+                        "shard_retry",
+                        level=logging.WARNING,
+                        job=spec.job_id,
+                        shard=task.shard,
+                        attempt=tries[task.shard],
+                        reason=reason,
+                    )
+                    if tries[task.shard] <= spec.max_attempts:
+                        queue.append(task)
+                    else:
+                        rows = failed_rows(task, f"gave up after {spec.max_attempts} attempts: {reason}")
+                        manifest.write_shard(job, task.shard, f"abandoned-{time.time_ns()}", rows)
+                        summary.failed += len(rows)
+                        summary.errors += [f"{r['source_key']}: {r['error']}" for r in rows]
+                    continue
+                summary.ok += result.ok
+                summary.failed += result.failed
+                summary.source_bytes += result.source_bytes
+                summary.stored_bytes += result.stored_bytes
+                summary.errors += result.errors
+                events.emit(
+                    "shard_done",
+                    job=spec.job_id,
+                    shard=result.shard,
+                    ok=result.ok,
+                    failed=result.failed,
+                    seconds=round(result.seconds, 3),
+                    manifest=result.manifest_key,
+                )
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+        ray.kill(progress)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def finish(job: Store) -> pa.Table:
+    """Rebuild and store the compacted manifest; returns it."""
+    table = manifest.load(job)
+    manifest.write_compacted(job, table)
+    return table
+
+
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]

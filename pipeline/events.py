@@ -1,0 +1,52 @@
+"""Structured job events (``job_run``, ``shard_done``, ``shard_retry``, ...) through ``logging``.
+
+Each event is a log record carrying a name and fields; ``JsonFormatter`` writes one JSON object
+per line (for log collectors), ``TextFormatter`` a readable ``event key=value`` line. The CLI
+picks one. Never put credentials in an event: stores are named by their redacted URL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+logger = logging.getLogger("callic.events")
+
+
+def emit(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    logger.log(level, event, extra={"event": event, "fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", None) or "log",
+            **getattr(record, "fields", {}),
+        }
+        if not hasattr(record, "event"):
+            out["message"] = record.getMessage()
+            out["logger"] = record.name
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if fields is None:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+        return " ".join([record.getMessage(), *(f"{k}={v}" for k, v in fields.items())])
+
+
+def configure(json_lines: bool, verbose: bool) -> None:
+    """Send pipeline logs to stderr: JSON lines, or text; INFO with ``verbose`` or JSON, else WARNING."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    for name in ("callic.events", "pipeline"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(logging.INFO if json_lines or verbose else logging.WARNING)
+        lg.propagate = False

@@ -1,0 +1,146 @@
+"""A job's folder under DST: its settings and its frozen list of sources.
+
+``DST/JOB/job.json`` holds every setting (codec settings, model hash, code version, SRC, shard
+size...) and ``DST/JOB/sources.parquet`` the images in shards, listed once when the job starts.
+Freezing the listing makes shards stable: a resume processes exactly the images the job started
+with, even if SRC changed since, and needs nothing but DST. ``job.json`` is written last, so a
+folder with it is a complete job. Credentials are never written here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import posixpath
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from codec.errors import CallicError
+from pipeline.storage import Store, redact
+
+SPEC = "job.json"
+SOURCES = "sources.parquet"
+SPEC_VERSION = 1
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+GLOB_CHARS = "*?["
+
+
+class JobError(CallicError):
+    """A job cannot be created or resumed as asked (exists already, not found, wrong settings)."""
+
+    exit_code = 8
+
+
+@dataclass
+class JobSpec:
+    job_id: str
+    src: str
+    dst: str
+    # Opaque to the pipeline: what the codec factory needs (codec name, steps, ...).
+    codec: dict[str, Any]
+    shard_size: int
+    pack: bool
+    verify: bool
+    max_attempts: int
+    model_hash: str
+    code_version: str
+    n_images: int = 0
+    n_shards: int = 0
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    version: int = SPEC_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> JobSpec:
+        raw = json.loads(data)
+        if raw.get("version") != SPEC_VERSION:
+            raise JobError(f"job spec version {raw.get('version')} is not supported (this is {SPEC_VERSION})")
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+def new_job_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise JobError(f"job id {job_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return job_id
+
+
+def split_glob(src: str) -> tuple[str, str | None]:
+    """``s3://b/photos/*/x*.png`` -> (``s3://b/photos``, ``*/x*.png``): the folder the job's
+    relative keys start from, and the pattern under it (None when SRC is a plain folder)."""
+    parts = src.rstrip("/").split("/")
+    for i, part in enumerate(parts):
+        if any(c in part for c in GLOB_CHARS):
+            return "/".join(parts[:i]), "/".join(parts[i:])
+    return src.rstrip("/"), None
+
+
+def list_sources(src: str, options: dict[str, Any], suffixes: tuple[str, ...]) -> tuple[Store, list[tuple[str, int]]]:
+    """The store SRC's keys are relative to, and the sorted (key, size) of its image files.
+    A folder is listed recursively, keeping files with an image suffix; a glob keeps what matches
+    (fsspec's glob: ``**`` crosses folders)."""
+    base, pattern = split_glob(src)
+    store = Store(base, options)
+    root = store.root.rstrip("/") + "/"
+    fs = store.fs
+    if pattern is None:
+        if fs.isfile(store.root):
+            raise JobError(f"SRC {redact(src)} is a file: give its folder or a glob")
+        if not fs.isdir(store.root):
+            raise JobError(f"SRC {redact(src)} does not exist or is not a folder")
+        found = fs.find(store.root, detail=True)
+        keep = {p: info for p, info in found.items() if p.lower().endswith(suffixes)}
+    else:
+        keep = fs.glob(root + pattern, detail=True) if fs.isdir(store.root) else {}
+        keep = {p: info for p, info in keep.items() if info.get("type") != "directory"}
+    items = sorted((p[len(root) :], int(info.get("size") or 0)) for p, info in keep.items() if p.startswith(root))
+    return store, items
+
+
+def shards_table(items: list[tuple[str, int]], shard_size: int) -> pa.Table:
+    return pa.table(
+        {
+            "shard": pa.array([i // shard_size for i in range(len(items))], pa.int32()),
+            "source_key": pa.array([k for k, _ in items], pa.string()),
+            "source_bytes": pa.array([s for _, s in items], pa.int64()),
+        }
+    )
+
+
+def create(job: Store, spec: JobSpec, sources: pa.Table) -> None:
+    """Write the job folder; refuses a job id that exists already."""
+    if job.exists(SPEC):
+        raise JobError(f"job {spec.job_id} exists already in {redact(spec.dst)}: use `callic resume`")
+    buf = io.BytesIO()
+    pq.write_table(sources, buf)
+    job.write(SOURCES, buf.getvalue())
+    job.write_once(SPEC, spec.to_json())
+
+
+def load(job: Store) -> tuple[JobSpec, pa.Table]:
+    try:
+        spec = JobSpec.from_json(job.read(SPEC))
+    except FileNotFoundError:
+        raise JobError(f"{redact(job.url)} is not a job folder (no {SPEC})") from None
+    sources = pq.read_table(io.BytesIO(job.read(SOURCES)))
+    if sources.num_rows != spec.n_images:
+        raise JobError(f"{redact(job.url)}: {SOURCES} lists {sources.num_rows} images, {SPEC} says {spec.n_images}")
+    return spec, sources
+
+
+def find_jobs(archive: Store) -> list[str]:
+    """The job ids in ``archive`` (a DST), or [""] when ``archive`` is itself a job folder."""
+    if archive.exists(SPEC):
+        return [""]
+    return [name for name in archive.folders() if archive.exists(posixpath.join(name, SPEC))]

@@ -1,0 +1,144 @@
+"""The job manifest: one Parquet row per image and attempt, one immutable file per shard attempt,
+and the compacted view (one row per image) that restore and status read.
+
+Why immutable files: a job can be killed at any moment, by any process. A shard's rows are written
+in one object after its images are stored, so a manifest file either exists whole or not at all,
+and no two writers ever touch the same file. The same image may then appear in several files (a
+worker killed after writing its manifest, a shard retried); ``compact`` keeps one row per image:
+its latest success, else its latest failure. The compacted ``manifest.parquet`` is derived, so it
+can always be rebuilt from ``manifest/``.
+
+Columns (``SCHEMA``):
+
+==================  ============================================================================
+job                 job id
+shard               shard number (``sources.parquet`` lists each shard's images)
+source_key          the image's path relative to the job's SRC
+output_key          where its compressed bytes are, relative to the job folder
+offset, length      byte range inside ``output_key`` (a pack); offset is null for one object per image
+status              ``ok`` or ``failed``
+error               why it failed (type and message), else null
+codec               ``callic`` (learned), ``jxl-lossless`` / ``zlib`` (classical coders in a
+                    ``.cllc``), ``passthrough`` (the original bytes, e.g. a JPEG)
+format              the source file's format (PNG, TIFF, JPEG...), restored as such
+width, height       pixels
+mode                Pillow mode (``RGB``, ``L``, ``RGB;16``...)
+bit_depth           bits per sample
+raw_bytes           uncompressed pixel bytes (width x height x channels x bytes per sample)
+source_bytes        size of the source file
+compressed_bytes    size of what is stored (``length``)
+bpsp                8 x compressed_bytes / (width x height x channels)
+steps               adaptation steps (0: none)
+adapter_bytes       bytes of the per-image adapter section (0: none)
+encode_s, verify_s  seconds spent encoding and verifying this image
+pixel_hash          SHA-256 of the pixels as the ``.cllc`` HEAD stores it (hex); null for passthrough
+source_sha256       SHA-256 of the source file's bytes
+model_hash          SHA-256 of the model file (hex), when the learned coder was used
+worker              host:pid of the worker
+gpu                 the Ray GPU id(s) of the worker, null on CPU
+attempt             1 for the first try of this image, 2 for its first retry...
+time                when the row was written (UTC)
+==================  ============================================================================
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.storage import Store
+
+SCHEMA = pa.schema(
+    [
+        ("job", pa.string()),
+        ("shard", pa.int32()),
+        ("source_key", pa.string()),
+        ("output_key", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("codec", pa.string()),
+        ("format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("bit_depth", pa.int16()),
+        ("raw_bytes", pa.int64()),
+        ("source_bytes", pa.int64()),
+        ("compressed_bytes", pa.int64()),
+        ("bpsp", pa.float64()),
+        ("steps", pa.int16()),
+        ("adapter_bytes", pa.int32()),
+        ("encode_s", pa.float64()),
+        ("verify_s", pa.float64()),
+        ("pixel_hash", pa.string()),
+        ("source_sha256", pa.string()),
+        ("model_hash", pa.string()),
+        ("worker", pa.string()),
+        ("gpu", pa.string()),
+        ("attempt", pa.int16()),
+        ("time", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+SHARD_DIR = "manifest"
+COMPACTED = "manifest.parquet"
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    unknown = {k for row in rows for k in row} - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown manifest columns: {sorted(unknown)}")
+    return pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
+
+
+def to_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data)).cast(SCHEMA)
+
+
+def write_shard(job: Store, shard: int, token: str, rows: list[dict[str, Any]]) -> str:
+    """Write one shard attempt's rows as a new immutable file; returns its key."""
+    key = f"{SHARD_DIR}/shard-{shard:06d}-{token}.parquet"
+    job.write_once(key, to_bytes(to_table(rows)))
+    return key
+
+
+def read_all(job: Store) -> pa.Table:
+    """Every row of every shard attempt written so far (duplicates included)."""
+    keys = [k for k in job.list(SHARD_DIR) if k.endswith(".parquet")]
+    tables = [from_bytes(job.read(k)) for k in keys]
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def compact(rows: pa.Table) -> pa.Table:
+    """One row per source key: its latest ``ok`` row, else its latest failure; sorted by key."""
+    if rows.num_rows == 0:
+        return rows
+    failed = pc.cast(pc.not_equal(rows["status"], "ok"), pa.int8())
+    ranked = rows.append_column("_failed", failed).sort_by(
+        [("source_key", "ascending"), ("_failed", "ascending"), ("time", "descending"), ("attempt", "descending")]
+    )
+    keys = ranked["source_key"].to_pylist()
+    first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+    return ranked.take(pa.array(first)).drop_columns(["_failed"])
+
+
+def write_compacted(job: Store, table: pa.Table) -> None:
+    job.write(COMPACTED, to_bytes(table))
+
+
+def load(job: Store) -> pa.Table:
+    """The job's compacted manifest, rebuilt from the shard files (the stored copy may be stale
+    if a run was killed after writing more shard files)."""
+    return compact(read_all(job))
