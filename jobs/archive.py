@@ -2,7 +2,7 @@
 
 Exit codes besides the CLI's: 7 storage error, 8 job error (exists, not found, other model),
 9 unsafe key refused on restore, 10 the job finished but some images failed (their manifest rows
-say why).
+say why), 11 the Ray cluster cannot host the workers.
 """
 
 from __future__ import annotations

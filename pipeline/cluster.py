@@ -14,11 +14,18 @@ from typing import Any
 
 import ray
 
+from codec.errors import CallicError
 from pipeline.items import CodecFactory, Resources
-from pipeline.shard import ShardResult, ShardTask, run_shard
+from pipeline.shard import ShardResult, ShardTask, run_shard, worker_name
 from pipeline.storage import Store
 
 log = logging.getLogger(__name__)
+
+
+class ClusterError(CallicError):
+    """The Ray cluster cannot run the job as asked (no live node, not enough resources)."""
+
+    exit_code = 11
 
 
 def connect(address: str | None) -> None:
@@ -47,15 +54,36 @@ class Plan:
 
 
 def plan(workers: int | None, gpus_per_worker: float) -> Plan:
-    """How many actors, with what: GPU actors if the cluster has GPUs, else CPU actors splitting
-    the cluster's cores (threads per actor = cores / workers)."""
-    res = ray.cluster_resources()
-    gpus, cpus = float(res.get("GPU", 0)), int(res.get("CPU", 1))
-    if gpus >= gpus_per_worker > 0:
-        n = workers or max(1, int(gpus // gpus_per_worker))
-        return Plan(n, gpus_per_worker, max(1, cpus // n))
-    n = workers or 1
-    return Plan(n, 0.0, max(1, cpus // n))
+    """How many actors, with what. With GPUs: one actor per ``gpus_per_worker`` GPUs, each with
+    its node's CPUs shared among that node's GPU actors. Without: by default one actor per node,
+    with the node's cores as threads; ``workers`` actors split the cores when given. No actor asks
+    for more CPUs than one node has, so every actor can be placed."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not nodes:
+        raise ClusterError("the Ray cluster has no live node")
+    node_cpus = [int(r.get("CPU", 0)) for r in nodes]
+    gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= gpus_per_worker > 0]
+    if gpu_nodes:
+        per_node = [max(1, int(r["GPU"] // gpus_per_worker)) for r in gpu_nodes]
+        n = workers or sum(per_node)
+        cpus = min(max(1, int(r.get("CPU", 1)) // k) for r, k in zip(gpu_nodes, per_node, strict=True))
+        return Plan(n, gpus_per_worker, cpus)
+    n = workers or len(nodes)
+    cpus = max(1, min(sum(node_cpus) // n, max(node_cpus)))
+    return Plan(n, 0.0, cpus)
+
+
+PLACEMENT_TIMEOUT_S = 300
+
+
+def wait_placed(actors: list[Any], p: Plan) -> None:
+    """Fail clearly, instead of waiting forever, when the cluster cannot host the actors."""
+    ready, _ = ray.wait([a.pid.remote() for a in actors], num_returns=len(actors), timeout=PLACEMENT_TIMEOUT_S)
+    if len(ready) < len(actors):
+        raise ClusterError(
+            f"only {len(ready)} of {len(actors)} workers ({p.cpus_per_worker} CPUs, {p.gpus_per_worker} GPUs each) "
+            f"started within {PLACEMENT_TIMEOUT_S} s: the cluster lacks the resources (see `ray status`)"
+        )
 
 
 class _ShardWorker:
@@ -64,13 +92,15 @@ class _ShardWorker:
         self.src, self.job, self.progress = src, job, progress
         ids = ray.get_gpu_ids()
         self.gpu = ",".join(str(i) for i in ids) if ids else None
+        # host:pid/node: the node tells workers apart on a multi-node cluster of one host too.
+        self.name = f"{worker_name()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
     def run(self, task: ShardTask) -> ShardResult:
         def on_item(ok: bool) -> None:
             if self.progress is not None:
                 self.progress.add.remote(ok)
 
-        return run_shard(task, self.src, self.job, self.codec, gpu=self.gpu, on_item=on_item)
+        return run_shard(task, self.src, self.job, self.codec, gpu=self.gpu, on_item=on_item, worker=self.name)
 
     def pid(self) -> int:
         return os.getpid()
@@ -82,6 +112,9 @@ class _Restorer:
 
     def run(self, fn: Any, *args: Any) -> Any:
         return fn(self.codec, *args)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 class _Progress:

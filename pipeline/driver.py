@@ -96,6 +96,7 @@ def run(
     inflight: dict[Any, tuple[ShardTask, int]] = {}
     bar = ProgressBar(summary.images, enabled=show_progress)
     try:
+        cluster.wait_placed(actors, p)
         while queue or inflight:
             busy = {slot for _, slot in inflight.values()}
             for slot in range(len(actors)):

@@ -34,7 +34,7 @@ encode_s, verify_s  seconds spent encoding and verifying this image
 pixel_hash          SHA-256 of the pixels as the ``.cllc`` HEAD stores it (hex); null for passthrough
 source_sha256       SHA-256 of the source file's bytes
 model_hash          SHA-256 of the model file (hex), when the learned coder was used
-worker              host:pid of the worker
+worker              host:pid/Ray node id (first 8 hex digits) of the worker
 gpu                 the Ray GPU id(s) of the worker, null on CPU
 attempt             1 for the first try of this image, 2 for its first retry...
 time                when the row was written (UTC)

@@ -124,6 +124,7 @@ def run(
     events.emit("restore_run", archive=redact(archive.url), out=redact(out.url), images=len(todo), workers=p.workers)
     bar = ProgressBar(len(todo), enabled=show_progress)
     try:
+        cluster.wait_placed(actors, p)
         pending = list(chunks)
         inflight: dict[Any, int] = {}
         while pending or inflight:

@@ -82,10 +82,11 @@ def run_shard(
     codec: ItemCodec,
     gpu: str | None = None,
     on_item: Callable[[bool], None] | None = None,
+    worker: str | None = None,
 ) -> ShardResult:
     start = time.perf_counter()
     token = uuid.uuid4().hex[:10]
-    base = {"job": task.job_id, "shard": task.shard, "worker": worker_name(), "gpu": gpu}
+    base = {"job": task.job_id, "shard": task.shard, "worker": worker or worker_name(), "gpu": gpu}
     rows: list[dict[str, Any]] = []
     pack = PackWriter() if task.pack else None
     pack_key = f"data/shard-{task.shard:06d}-{token}.pack"
