@@ -85,7 +85,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     src, items = job.list_sources(args.src, options, ARCHIVE_SUFFIXES)
     if not items:
         raise job.JobError(f"no image files in {redact(args.src)}")
-    settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch)
+    settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch, args.jpeg)
     model_hash = codec.load_model(args.model).digest.hex()
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
@@ -227,6 +227,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--adapt-patches", type=int, default=32, help="most patches per adaptation step (0: all)")
     p.add_argument("--batch", type=int, default=0, help="images adapted together (default: 8 on a GPU, 1 on a CPU)")
     p.add_argument("--model", help="model file; default: the shipped model")
+    p.add_argument(
+        "--jpeg",
+        choices=["passthrough", "jxl"],
+        default="passthrough",
+        help="JPEGs: stored as they are (default), or transcoded losslessly to JPEG-XL (same bytes restored)",
+    )
     p.add_argument("--shard-size", type=int, default=32, help="images per shard (the unit of work and of retries)")
     p.add_argument("--max-attempts", type=int, default=3, help="tries per image before it counts as failed")
     pack = p.add_mutually_exclusive_group()

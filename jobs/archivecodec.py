@@ -5,6 +5,9 @@ What is stored for a source file:
 - ``passthrough`` (its bytes, unchanged): files already lossy-coded (JPEG), formats we cannot
   write back (GIF, WebP, ...), animations and multi-page files, and any image whose pixels would
   not survive being written back in its own format. Restoring gives the very same bytes.
+- ``jpeg-jxl`` with ``jpeg: jxl``: a JPEG losslessly transcoded to JPEG-XL (its DCT coefficients
+  recoded, typically ~20% smaller), from which libjxl rebuilds the very same JPEG bytes; checked
+  by rebuilding before it is accepted, else the JPEG is passed through.
 - a ``.cllc`` otherwise: the learned coder for 8-bit RGB(A) (with ``steps`` of per-image
   adaptation), the classical coders for the other modes. With ``codec: auto`` an 8-bit RGB(A)
   image is also coded with JPEG-XL lossless and the smaller file is kept. Restoring writes the
@@ -24,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import imagecodecs
 import numpy as np
 from PIL import Image
 
@@ -48,6 +52,7 @@ class CodecSettings:
     adapt_patches: int = 32
     model: str | None = None  # a model file; None = the shipped default
     batch: int = 0  # images adapted together; 0 = 8 on a GPU, 1 on a CPU
+    jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,6 +112,8 @@ class ArchiveCodec:
         """Passthrough (an Encoded) or (pixels, format) to code."""
         with Image.open(io.BytesIO(data)) as im:
             fmt, frames = im.format or "", getattr(im, "n_frames", 1)
+        if fmt == "JPEG" and self.settings.jpeg == "jxl":
+            return self._jpeg_jxl(data)
         if fmt not in WRITABLE or frames > 1:
             return self._passthrough(data, fmt)
         raster = read_image(data)
@@ -129,6 +136,21 @@ class ArchiveCodec:
         fields["bpsp"] = 8 * len(data) / raster.pixels.size
         fields["pixel_hash"] = None
         return Encoded(data, "", fields)
+
+    def _jpeg_jxl(self, data: bytes) -> Encoded:
+        start = time.perf_counter()
+        try:
+            blob = bytes(imagecodecs.jpegxl_encode_jpeg(data))
+            exact = bytes(imagecodecs.jpegxl_decode_jpeg(blob)) == data
+        except Exception:  # e.g. a JPEG feature libjxl cannot transcode
+            exact = False
+        if not exact or len(blob) >= len(data):
+            return self._passthrough(data, "JPEG")
+        fields = self._passthrough(data, "JPEG").fields
+        fields.update(
+            codec="jpeg-jxl", bpsp=fields["bpsp"] * len(blob) / len(data), encode_s=time.perf_counter() - start
+        )
+        return Encoded(blob, ".jxl", fields)
 
     def _code(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
         start = time.perf_counter()
@@ -155,7 +177,7 @@ class ArchiveCodec:
             "format": fmt,
             "bpsp": 8 * len(blob) / raster.pixels.size,
             "steps": report.steps if learned else 0,
-            "adapter_bytes": report.adapter_bytes,
+            "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
             "verify_s": report.timings.get("verify_s"),
             "pixel_hash": pixel_hash(raster.pixels).hex(),
@@ -166,10 +188,11 @@ class ArchiveCodec:
     # ------------------------------------------------------------------ restore
 
     def restore(self, blob: bytes, row: dict[str, Any]) -> bytes:
-        if row["codec"] == "passthrough":
-            if hashlib.sha256(blob).hexdigest() != row["source_sha256"]:
-                raise VerificationError(f"{row['source_key']}: stored bytes do not match the source's SHA-256")
-            return blob
+        if row["codec"] in ("passthrough", "jpeg-jxl"):
+            data = blob if row["codec"] == "passthrough" else bytes(imagecodecs.jpegxl_decode_jpeg(blob))
+            if hashlib.sha256(data).hexdigest() != row["source_sha256"]:
+                raise VerificationError(f"{row['source_key']}: restored bytes do not match the source's SHA-256")
+            return data
         raster = codec.decode(blob, model=self.cpu_model if self.device == "cpu" else self.model)
         if pixel_hash(raster.pixels).hex() != row["pixel_hash"]:
             raise VerificationError(f"{row['source_key']}: decoded pixels do not match the manifest's pixel hash")

@@ -195,6 +195,12 @@ def build_codecs(
     return codecs, model_hash
 
 
+def model_digest(model_path: str | None) -> str:
+    import codec.api
+
+    return codec.api.load_model(model_path, "cpu").digest.hex()
+
+
 def comma_list(text: str) -> list[str]:
     """Comma-separated items, stripped, repeats dropped, order kept."""
     return list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
@@ -306,37 +312,133 @@ def bench_one(c: Codec, image: str, pixels: np.ndarray, repeat: int) -> Row:
     return row
 
 
+def bench_image(
+    codecs: Sequence[Codec],
+    fs: Any,
+    path: str,
+    name: str,
+    repeat: int,
+    skip: frozenset[str] = frozenset(),
+    on_row: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """One image (read once) through every codec not in ``skip``; an unreadable image gives one
+    error row per codec. The unit of work of both the serial and the distributed run."""
+    pixels, error, shape = None, None, (None, None)
+    try:
+        pixels = load_pixels(fs, path)
+    except NotRGBError as exc:
+        error, shape = str(exc), (exc.height, exc.width)
+    except Exception as exc:  # unreadable, storage error: recorded, not fatal
+        error = f"{type(exc).__name__}: {exc}"
+    rows = []
+    for c in codecs:
+        if c.name in skip:
+            continue
+        row = bench_one(c, name, pixels, repeat) if pixels is not None else new_row(name, c.name, *shape, error)
+        if on_row is not None:
+            on_row(row)
+        rows.append(row)
+    return rows
+
+
 def run(
     fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Codec], repeat: int, log: RowLog
 ) -> list[Row]:
-    """Every (image, codec) pair not already in ``log.done``, with a progress bar, each row logged
-    as it is made; an unreadable image gives one error row per codec. Returns all rows, in order."""
+    """Every (image, codec) pair not already in ``log.done``, in this process, with a progress bar,
+    each row logged as it is made. Returns all rows, in order."""
     from tqdm import tqdm
 
-    rows: list[Row] = []
-    missing = sum((n, c.name) not in log.done for n in names for c in codecs)
+    codec_names = [c.name for c in codecs]
+    missing = sum((n, c) not in log.done for n in names for c in codec_names)
     with tqdm(total=missing, desc="bench", unit="run", file=sys.stderr) as bar:
+
+        def on_row(row: Row) -> None:
+            log.add(row)
+            bar.update()
+
         for path, name in zip(paths, names, strict=True):
-            if all((name, c.name) in log.done for c in codecs):  # not even read again
-                rows += [log.done[(name, c.name)] for c in codecs]
-                continue
-            pixels, error, shape = None, None, (None, None)
-            try:
-                pixels = load_pixels(fs, path)
-            except NotRGBError as exc:
-                error, shape = str(exc), (exc.height, exc.width)
-            except Exception as exc:  # unreadable, storage error: recorded, not fatal
-                error = f"{type(exc).__name__}: {exc}"
-            for c in codecs:
-                if (name, c.name) in log.done:
-                    rows.append(log.done[(name, c.name)])
-                    continue
-                bar.set_postfix_str(f"{name} {c.name}", refresh=False)
-                row = bench_one(c, name, pixels, repeat) if pixels is not None else new_row(name, c.name, *shape, error)
-                log.add(row)
-                rows.append(row)
-                bar.update()
-    return rows
+            skip = frozenset(c for c in codec_names if (name, c) in log.done)
+            if len(skip) < len(codec_names):  # else not even read again
+                bar.set_postfix_str(name, refresh=False)
+                bench_image(codecs, fs, path, name, repeat, skip, on_row)
+    return ordered(log, names, codec_names)
+
+
+def ordered(log: RowLog, names: Sequence[str], codec_names: Sequence[str]) -> list[Row]:
+    return [log.done[(n, c)] for n in names for c in codec_names if (n, c) in log.done]
+
+
+@dataclass(frozen=True)
+class BenchCodecs:
+    """Builds the benchmark's codecs in a Ray worker (the model loaded once per worker)."""
+
+    names: tuple[str, ...]
+    model: str | None
+    device: str
+    chosen: tuple[Variant, ...]
+    configs: tuple[tuple[Variant, Any], ...]
+
+    def __call__(self, resources: Any) -> list[Codec]:
+        setup_torch(resources.threads, self.device)
+        configs = dict(self.configs)
+        return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, configs.get)[0]
+
+
+def run_on_ray(
+    fs: Any,
+    paths: Sequence[str],
+    names: Sequence[str],
+    factory: BenchCodecs,
+    codec_names: Sequence[str],
+    repeat: int,
+    log: RowLog,
+    workers: int,
+) -> list[Row]:
+    """The same work spread over Ray actors (``pipeline.cluster``), one image per task; rows are
+    logged as images finish. Timings then include whatever the workers share (cores, memory
+    bandwidth): compare codecs within one run, not across runs with different worker counts."""
+    import ray
+
+    from pipeline import cluster
+    from pipeline.items import Resources
+    from pipeline.progress import ProgressBar
+
+    todo = [
+        (path, name, frozenset(c for c in codec_names if (name, c) in log.done))
+        for path, name in zip(paths, names, strict=True)
+        if any((name, c) not in log.done for c in codec_names)
+    ]
+    if not todo:
+        return ordered(log, names, codec_names)
+    p = cluster.plan(workers, 1.0 if factory.device == "cuda" else 0.0)
+    p = cluster.Plan(min(p.workers, len(todo)), p.gpus_per_worker, p.cpus_per_worker)
+    actors = [
+        cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, Resources(p.device, p.cpus_per_worker))
+        for _ in range(p.workers)
+    ]
+    bar = ProgressBar(sum(len(codec_names) - len(skip) for _, _, skip in todo))
+    done_runs = 0
+    try:
+        cluster.wait_placed(actors, p)
+        inflight: dict[Any, int] = {}
+        while todo or inflight:
+            busy = set(inflight.values())
+            for slot, actor in enumerate(actors):
+                if todo and slot not in busy:
+                    path, name, skip = todo.pop(0)
+                    inflight[actor.run.remote(bench_image, fs, path, name, repeat, skip)] = slot
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                inflight.pop(ref)
+                for row in ray.get(ref):
+                    log.add(row)
+                    done_runs += 1
+            bar.update(done_runs, 0)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+    return ordered(log, names, codec_names)
 
 
 # ---------------------------------------------------------------- summary
@@ -420,14 +522,15 @@ def _cell(row: Row) -> str:
     return format(row["bpsp"], ".3f") if row["verified"] else "fail"
 
 
-def environment(device: str, model_hash: str | None) -> str:
-    """What the times and sizes depend on: cores, threads, device, model, libraries, date."""
+def environment(device: str, model_hash: str | None, workers: int | None = None) -> str:
+    """What the times and sizes depend on: cores, threads, workers, device, model, libraries, date."""
     import torch
 
     libs = ", ".join(getattr(imagecodecs, f"{n}_version")() for n in ("jpegxl", "webp", "jpeg2k", "jpegls", "png"))
     gpu = f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""
+    where = f"{workers} Ray workers sharing the cores" if workers else f"{torch.get_num_threads()} threads"
     return (
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {where}, "
         f"device {device}{gpu}, model sha256 {model_hash or 'n/a (callic not run)'}, "
         f"imagecodecs {imagecodecs.__version__} ({libs}), {datetime.now(UTC).isoformat(timespec='seconds')}"
     )
@@ -595,6 +698,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--adapt-order", type=_order_list, default=["rate"], help="RPFT patch orders, comma list (rate,random,all)"
     )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        help="run on Ray actors (the archive pipeline's machinery): N workers, each with its share of the cores",
+    )
+    p.add_argument("--address", help="Ray cluster to join with --workers (default: a local one)")
     add_adapt_arguments(p)
     p.set_defaults(func=main)
     return p
@@ -610,17 +719,29 @@ def main(args: argparse.Namespace) -> int:
         return 1
     chosen = variants(args.steps, args.adapt_order)
     configs = {v: adapt_config(args, v.steps, v.order) for v in chosen}  # flags checked before any work
-    codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, configs.get)
+    if args.workers:  # the workers build their own; here only the model's hash is needed
+        codecs, model_hash = [], (model_digest(args.model) if "callic" in args.codecs else None)
+    else:
+        codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, configs.get)
     codec_names = expand_codecs(args.codecs, chosen)
     settings = {
         "model": model_hash,
         "device": args.device,
         "threads": args.threads,
+        **({"workers": args.workers} if args.workers else {}),
         "repeat": args.repeat,
         **{k: getattr(args, k) for k in ("lr", "adapt_patches", "lora_rank", "tucker_ranks")},
     }
-    rows = run(fs, paths, names, codecs, args.repeat, RowLog(Path(args.out), settings, args.resume))
-    env = environment(args.device, model_hash)
+    log = RowLog(Path(args.out), settings, args.resume)
+    if args.workers:
+        from pipeline import cluster
+
+        cluster.connect(args.address)
+        factory = BenchCodecs(tuple(args.codecs), args.model, args.device, tuple(chosen), tuple(configs.items()))
+        rows = run_on_ray(fs, paths, names, factory, codec_names, args.repeat, log, args.workers)
+    else:
+        rows = run(fs, paths, names, codecs, args.repeat, log)
+    env = environment(args.device, model_hash, args.workers)
     write_report(Path(args.out), rows, codec_names, env)
     summary, common, reference = summarize(rows, codec_names)
     print(f"{len(paths)} images, mean bpsp over the {len(common)} that every codec verified")

@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="encode, decode and verify the bundled sample images")
-    p.add_argument("--out", default="callic-demo", help="folder for the .cllc and restored files")
-    p.add_argument("--threads", type=int)
+    p = sub.add_parser("demo", help="archive and restore the bundled sample images through the pipeline")
+    p.add_argument("--out", default="callic-demo", help="folder for the archive and the restored images")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"adaptation steps (default {DEFAULT_STEPS})")
     p.set_defaults(func=lambda a: __import__("jobs.demo", fromlist=["main"]).main(a))
 
     train.add_parser(sub)

@@ -1,50 +1,59 @@
-"""``callic demo``: the quick start's job. Encodes every bundled sample, decodes it in a fresh
-pass, checks every pixel, writes the restored image, and prints sizes next to PNG's."""
+"""``callic demo``: the quick start's job. Archives the bundled sample images with the real
+pipeline (a local Ray cluster, local folders, the shipped model, per-image adaptation), restores
+them, checks every restored pixel against its source, and prints sizes next to PNG's."""
 
 from __future__ import annotations
 
-import time
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
 
-import codec
-from codec.images import read_image, write_image, write_image_bytes
+from codec.images import read_image, write_image_bytes
+from pipeline import manifest
+from pipeline.storage import Store
 
 SAMPLES = Path(__file__).parent / "samples"
 
 
 def main(args) -> int:
-    if args.threads:
-        import torch
+    from jobs.cli import build_parser
 
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = codec.load_model()
-    total_bits = total_png = total_samples = 0
-    print(f"{'image':24} {'size':>9} {'mode':>5} {'coder':>12} {'bpsp':>6} {'PNG bpsp':>8} {'enc s':>6} {'dec s':>6}")
-    for path in sorted(SAMPLES.glob("*.png")):
-        raster = read_image(path)
-        t0 = time.perf_counter()
-        data = codec.encode(raster, model=model)
-        t1 = time.perf_counter()
-        restored = codec.decode(data, model=model)
-        t2 = time.perf_counter()
-        if restored.pixels.dtype != raster.pixels.dtype or not np.array_equal(restored.pixels, raster.pixels):
-            raise SystemExit(f"{path.name}: restored pixels differ")
-        (out / (path.stem + ".cllc")).write_bytes(data)
-        write_image(restored, out / path.name)
-        samples = raster.pixels.size
-        png = len(write_image_bytes(raster, "PNG"))
-        meta = codec.info(data)
-        total_bits, total_png, total_samples = total_bits + 8 * len(data), total_png + 8 * png, total_samples + samples
+    out = Path(args.out).resolve()
+    archive, restored = out / "archive", out / "restored"
+    archive.mkdir(parents=True, exist_ok=True)
+    job_id = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    parser = build_parser()
+    run = ["archive", str(SAMPLES), str(archive), "--job-id", job_id, "--steps", str(args.steps), "--quiet"]
+    ns = parser.parse_args(run)
+    rc = ns.func(ns)
+    if rc != 0:
+        raise SystemExit(f"archive job {job_id} did not finish (exit {rc}); see `callic status {archive / job_id}`")
+    ns = parser.parse_args(["restore", str(archive / job_id), str(restored), "--quiet"])
+    rc = ns.func(ns)
+    if rc != 0:
+        raise SystemExit(f"restore of {job_id} failed (exit {rc})")
+
+    rows = manifest.load(Store(archive / job_id)).to_pylist()
+    head = f"{'image':24} {'size':>9} {'mode':>5} {'codec':>12} {'bpsp':>6} {'PNG bpsp':>8} {'adapters':>8}"
+    print(f"{head} {'enc s':>6}")
+    bits = png_bits = samples = 0
+    for row in rows:
+        src, back_img = read_image(SAMPLES / row["source_key"]), read_image(restored / row["source_key"])
+        same = src.pixels.dtype == back_img.pixels.dtype and np.array_equal(src.pixels, back_img.pixels)
+        if not same:
+            raise SystemExit(f"{row['source_key']}: restored pixels differ")
+        png = len(write_image_bytes(src, "PNG"))
+        n = src.pixels.size
+        bits, png_bits, samples = bits + 8 * row["compressed_bytes"], png_bits + 8 * png, samples + n
         print(
-            f"{path.name:24} {raster.width:>4}x{raster.height:<4} {raster.mode:>5} {meta['coder']:>12} "
-            f"{8 * len(data) / samples:6.3f} {8 * png / samples:8.3f} {t1 - t0:6.2f} {t2 - t1:6.2f}"
+            f"{row['source_key']:24} {row['width']:>4}x{row['height']:<4} {row['mode']:>5} {row['codec']:>12} "
+            f"{row['bpsp']:6.3f} {8 * png / n:8.3f} {row['adapter_bytes'] or 0:>7}B {row['encode_s'] or 0:6.2f}"
         )
     print(
-        f"all {len(list(SAMPLES.glob('*.png')))} samples restored exactly; "
-        f"{total_bits / total_samples:.3f} bpsp overall (PNG: {total_png / total_samples:.3f}); output in {out}/"
+        f"all {len(rows)} samples archived and restored exactly; {bits / samples:.3f} bpsp overall "
+        f"(PNG: {png_bits / samples:.3f})\n"
+        f"archive job: {archive / job_id} (manifest.parquet; try `callic status {archive / job_id}`)\n"
+        f"restored images: {restored}/"
     )
     return 0

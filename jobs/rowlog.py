@@ -26,7 +26,8 @@ class SettingsMismatch(CallicError):
 
 
 class RowLog:
-    """Append-only log of rows in ``folder``; ``done`` holds the rows of earlier runs (resume)."""
+    """Append-only log of rows in ``folder``; ``done`` holds every finished row by (image, codec):
+    those of earlier runs (resume) and those added since."""
 
     def __init__(self, folder: Path, settings: dict[str, Any], resume: bool) -> None:
         self.path = Path(folder) / NAME
@@ -40,6 +41,7 @@ class RowLog:
             _flush(f)
 
     def add(self, row: Row) -> None:
+        self.done[(row["image"], row["codec"])] = row
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             _flush(f)

@@ -34,7 +34,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.ERROR)
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
     if address:
         kwargs["address"] = address
     else:
@@ -106,8 +106,11 @@ class _ShardWorker:
         return os.getpid()
 
 
-class _Restorer:
-    def __init__(self, factory: CodecFactory, resources: Resources) -> None:
+class _CodecHolder:
+    """Holds what ``factory`` builds (a codec, a benchmark's codecs) and runs module-level
+    functions on it: restore chunks, benchmark images."""
+
+    def __init__(self, factory: Any, resources: Resources) -> None:
         self.codec = factory(resources)
 
     def run(self, fn: Any, *args: Any) -> Any:
@@ -135,7 +138,7 @@ class _Progress:
 
 
 ShardWorker = ray.remote(_ShardWorker)
-Restorer = ray.remote(_Restorer)
+CodecHolder = ray.remote(_CodecHolder)
 Progress = ray.remote(num_cpus=0)(_Progress)
 
 

@@ -120,7 +120,9 @@ def run(
     p = cluster.plan(workers, gpus_per_worker)
     p = cluster.Plan(min(p.workers, len(chunks)), p.gpus_per_worker, p.cpus_per_worker)
     resources = Resources(p.device, p.cpus_per_worker)
-    actors = [cluster.Restorer.options(**cluster.actor_options(p)).remote(factory, resources) for _ in range(p.workers)]
+    actors = [
+        cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources) for _ in range(p.workers)
+    ]
     events.emit("restore_run", archive=redact(archive.url), out=redact(out.url), images=len(todo), workers=p.workers)
     bar = ProgressBar(len(todo), enabled=show_progress)
     try:

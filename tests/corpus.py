@@ -45,7 +45,9 @@ def build(root: Path) -> dict[str, str]:
     save("deep16.png", bytes(imagecodecs.png_encode(_smooth(12, 14, 3, 6, np.uint16))), "pixels")
     save("scan.tif", pil(Image.fromarray(_smooth(20, 20, 3, 7)), "TIFF"), "pixels")
     save("plain.ppm", pil(Image.fromarray(_smooth(10, 12, 3, 8)), "PPM"), "pixels")
-    save("photo.jpg", pil(Image.fromarray(_smooth(24, 32, 3, 9)), "JPEG", quality=80), "bytes")
+    save(
+        "photo.jpg", pil(Image.fromarray(_smooth(128, 128, 3, 9)), "JPEG", quality=80), "bytes"
+    )  # big enough that JPEG-XL is smaller
     frames = [Image.fromarray(_smooth(12, 12, 3, s)).convert("P") for s in (10, 11)]
     save("anim.gif", pil(frames[0], "GIF", save_all=True, append_images=frames[1:]), "bytes")
     save("bad/corrupt.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2, "fail")

@@ -54,13 +54,15 @@ def test_archive_restore_mixed_corpus(ray_cluster, src, tmp_path, tiny_model_pat
         str(tiny_model_path),
         "--shard-size",
         "5",
+        "--jpeg",
+        "jxl",
     )
     assert rc == 10  # finished, with the two bad files as failed rows
     st = status(dst / "j1", capsys)
     good = sum(k != "fail" for k in kinds.values())
     assert (st["images"], st["ok"], st["failed"], st["pending"], st["complete"]) == (len(kinds), good, 2, 0, True)
-    # learned: rgb/a, rgb/b, rgba, scan.tif, plain.ppm; passthrough: the JPEG and the GIF animation
-    assert st["codecs"]["passthrough"] == 2 and st["codecs"]["callic"] == 5
+    # learned: rgb/a, rgb/b, rgba, scan.tif, plain.ppm; the JPEG transcoded; the GIF animation as it is
+    assert st["codecs"] == {"callic": 5, "jxl-lossless": 3, "jpeg-jxl": 1, "passthrough": 1}
     rows = {r["source_key"]: r for r in manifest.from_bytes((dst / "j1" / "manifest.parquet").read_bytes()).to_pylist()}
     assert set(rows) == set(kinds)
     assert (

@@ -81,6 +81,7 @@ def test_s3_to_s3_archive_and_restore(ray_cluster, s3, tmp_path, tiny_model_path
     rows = manifest.load(job).to_pylist()
     assert sorted(r["source_key"] for r in rows) == sorted(kinds)
     assert len({r["worker"] for r in rows if r["worker"]}) == 2  # both workers took shards
+    assert {r["source_key"]: r["codec"] for r in rows}["photo.jpg"] == "passthrough"  # JPEGs by default
     packs = {r["output_key"] for r in rows if r["status"] == "ok"}
     assert len(packs) == len(job.list("data"))  # one object per shard, not per image
 

@@ -171,3 +171,25 @@ def test_resume_keeps_finished_rows_and_runs_the_rest(images, tmp_path):
 
     assert _bench(*argv) == 0  # without --resume: a fresh run
     assert all(r["encode_s"] < 12345.0 for r in _rows(out))
+
+
+def test_bench_on_ray_workers_matches_the_serial_run(images, tmp_path, tiny_model_path):
+    """``--workers``: the same rows through Ray actors (the archive pipeline's machinery), and
+    the same sizes as in this process (every codec here is deterministic)."""
+    import ray
+
+    argv = [str(images), "--codecs", "callic,png", "--steps", "0,2", "--model", str(tiny_model_path)]
+    assert _bench(*argv, "--out", str(tmp_path / "serial")) == 0
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert cli.main(["bench", *argv, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
+    finally:
+        ray.shutdown()
+    serial, distributed = _rows(tmp_path / "serial"), _rows(tmp_path / "ray")
+    key = [(r["image"], r["codec"]) for r in serial]
+    assert key == [(r["image"], r["codec"]) for r in distributed] and len(key) == 6
+    assert all(r["verified"] for r in distributed)
+    sizes = {(r["image"], r["codec"]): r["bytes"] for r in serial if r["codec"] != "callic-t2"}
+    assert sizes == {(r["image"], r["codec"]): r["bytes"] for r in distributed if r["codec"] != "callic-t2"}
+    assert "2 Ray workers" in (tmp_path / "ray" / "report.md").read_text()

@@ -79,11 +79,10 @@ def test_crops_depend_only_on_seed_rank_and_step():
     assert not torch.equal(x, step_crops(images, 4, 8, seed=1, rank=0, step=8))
 
 
-def test_ray_train_with_one_cpu_worker(tmp_path, monkeypatch):
+def test_ray_train_with_one_cpu_worker(tmp_path):
     ray = pytest.importorskip("ray")
     from jobs.train import train_with_ray
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         train_with_ray(TrainConfig(**config(tmp_path, steps=20, val_every=10, workers=1)))
