@@ -1,21 +1,26 @@
-"""``callic train``: pre-train MGCF on random 64x64 crops (with flips) of a folder or URL of images.
+"""``callic train``: train a codec's model on random crops (with flips) of a folder or URL of images.
+
+``--codec callic`` pre-trains MGCF on 64x64 crops; ``--codec cca`` trains the lossy model at one
+rate point ``--lmbda`` on ``--crop`` crops. What each optimizes, validates and exports is its
+objective (``jobs.objectives``); everything below is shared.
 
 One training loop, ``train_loop``, runs either directly in this process (``--workers 0``, the
 default: no Ray start-up, what a laptop or one CPU box wants) or on each worker of a Ray Train
 ``TorchTrainer`` (``--workers N``, one per GPU or CPU slot, DistributedDataParallel over them).
 
-Choices the paper leaves open:
-- Loss: the mixture's bits per subpixel (``codec.mixture.nll_bits``), mean over the batch; Adam,
-  gradient norm clipped at 1; learning rate warmed up linearly for ``warmup`` steps, then a cosine
-  down to 1% at ``steps``.
+Choices the papers leave open:
+- MGCF's loss: the mixture's bits per subpixel (``codec.mixture.nll_bits``), mean over the batch.
+- Both: Adam, gradient norm clipped at 1; learning rate warmed up linearly for ``warmup`` steps,
+  then a cosine down to 1% at ``steps`` (the CCA paper steps 1e-4 -> 1e-5 instead; a cosine
+  serves short CPU runs better and keeps one schedule).
 - Crops: an image is drawn uniformly (not by area, so the few large BBC photographs do not drown
-  the rest), then a uniform 64x64 crop, each flip with probability 1/2. The crops of step ``s`` on
+  the rest), then a uniform crop, each flip with probability 1/2. The crops of step ``s`` on
   worker ``r`` depend only on (seed, r, s): resuming needs no RNG state, and a resumed run makes
   exactly the step the uninterrupted run would have made.
 - Mixed precision: bfloat16 autocast on CUDA (the mixture's likelihood in float32); float32 on CPU.
-- Validation: estimated bpsp (from likelihoods, not coded) of the float model on a fixed set of
-  64x64 tiles spread evenly over the ``--val`` images: 64x64 because the codec codes each patch
-  on its own, so a tile's NLL is what its patch costs.
+- Validation: on a fixed set of crop-sized tiles spread evenly over the ``--val`` images, MGCF's
+  estimated bpsp (from likelihoods, not coded; 64x64 because the codec codes each patch on its
+  own, so a tile's NLL is what its patch costs), or CCA's estimated bpp and PSNR.
 - Checkpoints: ``<out>/checkpoint.pt`` (model, optimizer, next step, wall time; loaded with
   ``weights_only=True``, no pickle) every ``--checkpoint-minutes`` and at the end; ``<out>/log.csv``
   has one row per validation; ``<out>/model/`` holds the latest exported model file. Running the
@@ -37,31 +42,33 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from codec.config import MGCFConfig
 from codec.errors import CallicError
 from codec.images import read_image
-from codec.mgcf import MGCF
-from codec.mixture import nll_bits
-from codec.weights import load_model_file, save_model
 from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images
+from jobs.objectives import OBJECTIVES, objective_for
 from jobs.runtime import setup_torch
 
-LOG_FIELDS = ("step", "elapsed_s", "lr", "train_bpsp", "val_bpsp", "workers", "device")
+
+def log_fields(objective) -> tuple[str, ...]:
+    train = tuple(f"train_{m}" for m in objective.train_metrics)
+    return ("step", "elapsed_s", "lr", *train, *objective.val_metrics, "workers", "device")
 
 
 @dataclass
 class TrainConfig:
     data: str
     out: str = "callic-train"
+    codec: str = "callic"
     val: str | None = None
     config: str = "default"
     init: str | None = None
     steps: int = 100_000
     batch: int = 8
-    lr: float = 5e-4
+    lr: float | None = None  # None: the objective's default
     warmup: int = 200
     seed: int = 0
     minutes: float | None = None
@@ -72,6 +79,11 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     workers: int = 0
+    # The lossy codec (--codec cca) only:
+    lmbda: float = 0.85
+    cca_loss: str = "two-player"
+    cca_weight: float = 1.0
+    crop: int = 256
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -126,34 +138,19 @@ def validation_tiles(images: list[np.ndarray], count: int, size: int) -> torch.T
 
 
 def learning_rate(tc: TrainConfig, step: int) -> float:
+    lr = tc.lr or objective_for(tc).default_lr
     if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
+        return lr * (step + 1) / tc.warmup
     t = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
-    return tc.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def loss_bpsp(model: torch.nn.Module, x: torch.Tensor, cfg: MGCFConfig, amp: bool) -> torch.Tensor:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        params = model(x)
-    return nll_bits(params.float(), x.permute(0, 2, 3, 1), cfg.mixtures).mean()
-
-
-@torch.no_grad()
-def validate(model: MGCF, tiles: torch.Tensor, device: torch.device, batch: int = 16) -> float:
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for i in range(0, len(tiles), batch):
-        x = tiles[i : i + batch].to(device)
-        total += nll_bits(model(x).float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum().item()
-    model.train(was_training)
-    return total / (tiles.numel())
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 class Run:
     """Where a run keeps its state: ``out`` may be a local folder or an fsspec URL."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, objective):
+        self.objective = objective
+        self.fields = log_fields(objective)
         self.fs, self.root = fsspec.core.url_to_fs(str(out))
         self.fs.makedirs(self.root, exist_ok=True)
 
@@ -171,14 +168,14 @@ class Run:
     def read(self, name: str) -> bytes | None:
         return self.fs.cat_file(self.path(name)) if self.fs.exists(self.path(name)) else None
 
-    def save_checkpoint(self, model: MGCF, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
+    def save_checkpoint(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
         buf = io.BytesIO()
         state = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "step": step,
             "elapsed_s": elapsed,
-            "config": model.cfg.to_json(),
+            "config": self.objective.config_json(model),
         }
         torch.save(state, buf)
         self.write("checkpoint.pt", buf.getvalue())
@@ -194,13 +191,13 @@ class Run:
 
     def write_log(self, rows: list[dict]) -> None:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, LOG_FIELDS)
+        writer = csv.DictWriter(buf, self.fields)
         writer.writeheader()
         writer.writerows(rows)
         self.write("log.csv", buf.getvalue().encode())
 
     def write_curve(self, rows: list[dict]) -> None:
-        """``curve.png``: train and validation bpsp against step, for a glance at a running job."""
+        """``curve.png``: the objective's rate (train and validation) against step, for a glance."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -208,12 +205,13 @@ class Run:
 
         fig = Figure(figsize=(6.4, 4))
         ax = fig.subplots()
-        for key in ("train_bpsp", "val_bpsp"):
-            points = [(int(r["step"]), float(r[key])) for r in rows if r[key] != ""]
+        keys, label = self.objective.curve
+        for key in keys:
+            points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key, "") != ""]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key.replace("_", " "))
         ax.set_xlabel("step")
-        ax.set_ylabel("bits per subpixel (estimated)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -221,10 +219,10 @@ class Run:
         fig.savefig(buf, format="png", dpi=100)
         self.write("curve.png", buf.getvalue())
 
-    def export(self, model: MGCF) -> str:
-        """Write the model file (``model/mgcf-<hash>.safetensors``), then drop older ones."""
+    def export(self, model: nn.Module) -> str:
+        """Write the model file (``model/<codec>-<hash>.safetensors``), then drop older ones."""
         with tempfile.TemporaryDirectory() as tmp:
-            local = save_model(model, tmp)
+            local = self.objective.export(model, tmp)
             self.fs.makedirs(self.path("model"), exist_ok=True)
             self.write(f"model/{local.name}", local.read_bytes())
         for old in self.fs.glob(self.path("model/*.safetensors")):
@@ -260,57 +258,52 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def initial_model(tc: TrainConfig) -> MGCF:
-    if tc.init:
-        return load_model_file(tc.init).float_model()
-    torch.manual_seed(tc.seed)  # every worker starts from the same weights
-    return MGCF(MGCFConfig.tiny() if tc.config == "tiny" else MGCFConfig())
-
-
 def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     """Train (or resume) as ``config`` (a ``TrainConfig`` as a dict) says; rank 0 returns the model path."""
     tc = TrainConfig(**config)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     ctx = ctx or Context(pick_device(tc.device))
-    run = Run(tc.out)
-    model = initial_model(tc)
-    cfg = model.cfg
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    objective = objective_for(tc)
+    run = Run(tc.out, objective)
+    model = objective.build()
+    crop = objective.crop(model)
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate(tc, 0))
     ckpt = run.load_checkpoint()
     step, elapsed = 0, 0.0
     if ckpt is not None:
-        if MGCFConfig.from_json(ckpt["config"]) != cfg:
+        if ckpt["config"] != objective.config_json(model):
             raise CallicError(f"{run.path('checkpoint.pt')} holds a different model configuration")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-    images = load_rgb_images(tc.data, cfg.patch)
-    tiles = validation_tiles(load_rgb_images(tc.val, cfg.patch), tc.val_tiles, cfg.patch) if tc.val else None
+    images = load_rgb_images(tc.data, crop)
+    tiles = validation_tiles(load_rgb_images(tc.val, crop), tc.val_tiles, crop) if tc.val else None
     rows = run.log_rows(step) if ctx.rank == 0 else []
     net = ctx.wrap(model.train())
     amp = ctx.device.type == "cuda"
     started, last_ckpt = time.monotonic() - elapsed, time.monotonic()
-    losses: list[float] = []
+    metrics: list[dict[str, float]] = []
     first_step = step
     interval = 1 if sys.stderr.isatty() else 60
     bar = tqdm(total=tc.steps, initial=step, disable=ctx.rank != 0, file=sys.stderr, mininterval=interval)
     if ctx.rank == 0 and step == 0 and tiles is not None:
-        rows.append(_log_row(tc, ctx, 0, 0.0, [], validate(model, tiles, ctx.device)))
+        rows.append(_log_row(tc, ctx, 0, 0.0, [], _validate(objective, model, tiles, ctx.device)))
         run.write_log(rows)
     while step < tc.steps:
-        x = step_crops(images, tc.batch, cfg.patch, tc.seed, ctx.rank, step).to(ctx.device)
+        x = step_crops(images, tc.batch, crop, tc.seed, ctx.rank, step).to(ctx.device)
         for group in opt.param_groups:
             group["lr"] = learning_rate(tc, step)
-        loss = loss_bpsp(net, x, cfg, amp)
+        loss, step_metrics = objective.loss(net, x, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         step += 1
-        losses.append(loss.item())
+        metrics.append(step_metrics)
         bar.update(1)
-        bar.set_postfix(bpsp=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        first = objective.train_metrics[0]
+        bar.set_postfix({first: f"{np.mean([m[first] for m in metrics[-50:]]):.4f}"}, refresh=False)
         now = time.monotonic()
         out_of_time = ctx.agree(
             (tc.minutes is not None and now - started - elapsed > 60 * tc.minutes)
@@ -318,16 +311,16 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
         )
         last = step == tc.steps or out_of_time
         if step % tc.val_every == 0 or last:
-            metrics = {"step": step}
+            report = {"step": step}
             if ctx.rank == 0:
-                val = validate(model, tiles, ctx.device) if tiles is not None else None
-                rows.append(_log_row(tc, ctx, step, now - started, losses, val))
+                val = _validate(objective, model, tiles, ctx.device) if tiles is not None else {}
+                rows.append(_log_row(tc, ctx, step, now - started, metrics, val))
                 run.write_log(rows)
                 run.write_curve(rows)
-                metrics = {k: v for k, v in rows[-1].items() if v != ""}
+                report = {k: v for k, v in rows[-1].items() if v != ""}
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "step"))
-            losses = []
-            ctx.report(metrics)  # every worker reports: Ray Train's report is collective
+            metrics = []
+            ctx.report(report)  # every worker reports: Ray Train's report is collective
         if ctx.rank == 0 and (last or now - last_ckpt > 60 * tc.checkpoint_minutes):
             run.save_checkpoint(model, opt, step, now - started)
             last_ckpt = now
@@ -342,16 +335,25 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     return path
 
 
-def _log_row(tc: TrainConfig, ctx: Context, step: int, elapsed: float, losses: list[float], val) -> dict:
-    return {
-        "step": step,
-        "elapsed_s": f"{elapsed:.1f}",
-        "lr": f"{learning_rate(tc, step - 1):.3g}",
-        "train_bpsp": f"{np.mean(losses):.4f}" if losses else "",
-        "val_bpsp": "" if val is None else f"{val:.4f}",
-        "workers": ctx.world,
-        "device": ctx.device.type if ctx.device.type == "cpu" else torch.cuda.get_device_name(ctx.device),
-    }
+def _validate(objective, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        return objective.validate(model, tiles, device)
+    finally:
+        model.train(was_training)
+
+
+def _log_row(tc: TrainConfig, ctx: Context, step: int, elapsed: float, metrics: list[dict], val: dict) -> dict:
+    objective = objective_for(tc)
+    row = {"step": step, "elapsed_s": f"{elapsed:.1f}", "lr": f"{learning_rate(tc, step - 1):.3g}"}
+    for m in objective.train_metrics:
+        row[f"train_{m}"] = f"{np.mean([s[m] for s in metrics]):.4f}" if metrics else ""
+    for m in objective.val_metrics:
+        row[m] = f"{val[m]:.4f}" if m in val else ""
+    row["workers"] = ctx.world
+    row["device"] = ctx.device.type if ctx.device.type == "cpu" else torch.cuda.get_device_name(ctx.device)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -430,15 +432,17 @@ def main(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="pre-train an MGCF model on a folder or URL of images (resumable)")
+    p = sub.add_parser("train", help="train a codec model (MGCF, or the lossy CCA model) on images (resumable)")
     p.add_argument("data", help="folder or fsspec URL of training images")
     p.add_argument("--out", default="callic-train", help="run folder or URL: checkpoint, log.csv, model/")
+    p.add_argument("--codec", choices=sorted(OBJECTIVES), default="callic", help="callic (lossless) or cca (lossy)")
     p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")
-    p.add_argument("--config", choices=["default", "tiny"], default="default")
+    p.add_argument("--config", choices=["default", "tiny", "small", "paper"], default="default",
+                   help="model size: callic default|tiny; cca small (= default)|paper|tiny")  # fmt: skip
     p.add_argument("--init", help="model file to start from (its configuration is kept)")
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="total steps; sets the cosine schedule")
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="crops per step per worker")
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--lr", type=float, help="peak learning rate (callic 5e-4, cca 1e-4)")
     p.add_argument("--warmup", type=int, default=TrainConfig.warmup)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this many minutes")
@@ -449,4 +453,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (per worker)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: train in this process, no Ray)")
+    p.add_argument("--lmbda", type=float, default=TrainConfig.lmbda, help="cca: rate weight (higher: fewer bits)")
+    p.add_argument("--cca-loss", choices=["two-player", "literal", "off"], default=TrainConfig.cca_loss,
+                   help="cca: the CCA term's reading (see codec/lossy/loss.py), or off")  # fmt: skip
+    p.add_argument("--cca-weight", type=float, default=TrainConfig.cca_weight)
+    p.add_argument("--crop", type=int, default=TrainConfig.crop, help="cca: crop side in pixels (multiple of 64)")
     p.set_defaults(func=main)

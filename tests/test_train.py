@@ -94,3 +94,27 @@ def test_ray_train_with_one_cpu_worker(tmp_path):
     assert float(rows[-1]["val_bpsp"]) < float(rows[0]["val_bpsp"])
     assert checkpoint(tmp_path)["step"] == 20
     assert len(list((tmp_path / "model").glob("mgcf-*.safetensors"))) == 1
+
+
+def test_lossy_training_logs_both_rates_resumes_and_exports(tmp_path):
+    from codec.lossy.weights import load_model_file as load_cca
+
+    kw = {"codec": "cca", "config": "tiny", "crop": 64, "batch": 4, "lr": 2e-3, "val_tiles": 8, "lmbda": 1.0}
+    train_loop(config(tmp_path, steps=40, val_every=20, **kw))
+    rows = log(tmp_path)
+    assert [int(r["step"]) for r in rows] == [0, 20, 40]
+    assert {"train_bpp", "train_aux_bpp", "train_psnr", "val_bpp", "val_psnr"} <= set(rows[0])
+    first, last = rows[0], rows[-1]
+
+    # Lower rate-distortion cost on the validation tiles (the loss's own weighting of PSNR and bpp).
+    def cost(r):
+        return 0.05 * 255**2 * 10 ** (-float(r["val_psnr"]) / 10) + 1.0 * float(r["val_bpp"])
+
+    assert cost(last) < 0.8 * cost(first), (first, last)
+    assert float(last["train_aux_bpp"]) > 0
+    [path] = (tmp_path / "model").glob("cca-*.safetensors")
+    model_file = load_cca(path)
+    assert model_file.lmbda == 1.0 and model_file.cfg.slices == 5
+    # A configuration mismatch is refused rather than silently restarting.
+    with pytest.raises(Exception, match="different model configuration"):
+        train_loop(config(tmp_path, steps=41, **(kw | {"config": "small", "crop": 64})))

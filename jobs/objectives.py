@@ -1,0 +1,132 @@
+"""What ``callic train`` optimizes, per codec: the model, its loss, validation and export.
+
+The loop in ``jobs.train`` (data, schedule, checkpoints, logs, Ray Train) is shared; an objective
+supplies the rest. Metric names become log columns: ``train_<name>`` averaged over the steps since
+the last validation, and the validation's own names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from codec.config import MGCFConfig
+from codec.errors import CallicError
+from codec.lossy.config import CCAConfig
+from codec.lossy.loss import CCATrainee, rd_loss
+from codec.lossy.weights import load_model_file as load_cca_file
+from codec.lossy.weights import save_model as save_cca_model
+from codec.mgcf import MGCF
+from codec.mixture import nll_bits
+from codec.weights import load_model_file, save_model
+
+
+class MGCFObjective:
+    """CALLIC's pre-training: bits per subpixel of the float MGCF on 64x64 crops."""
+
+    train_metrics = ("bpsp",)
+    val_metrics = ("val_bpsp",)
+    curve = (("train_bpsp", "val_bpsp"), "bits per subpixel (estimated)")
+    default_lr = 5e-4
+
+    def __init__(self, tc):
+        self.tc = tc
+
+    def build(self) -> nn.Module:
+        if self.tc.init:
+            return load_model_file(self.tc.init).float_model()
+        torch.manual_seed(self.tc.seed)  # every worker starts from the same weights
+        return MGCF(MGCFConfig.tiny() if self.tc.config == "tiny" else MGCFConfig())
+
+    def crop(self, model: nn.Module) -> int:
+        return model.cfg.patch
+
+    def config_json(self, model: nn.Module) -> str:
+        return model.cfg.to_json()
+
+    def loss(self, net: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            params = net(x)
+        loss = nll_bits(params.float(), x.permute(0, 2, 3, 1), _unwrap(net).cfg.mixtures).mean()
+        return loss, {"bpsp": loss.item()}
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
+        total = 0.0
+        for i in range(0, len(tiles), 16):
+            x = tiles[i : i + 16].to(device)
+            total += nll_bits(model(x).float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum().item()
+        return {"val_bpsp": total / tiles.numel()}
+
+    def export(self, model: nn.Module, directory: str) -> Path:
+        return save_model(model, directory)
+
+
+class CCAObjective:
+    """The lossy codec: 0.05 * 255**2 * MSE + lmbda * bpp + the CCA term (``codec.lossy.loss``),
+    on crops of ``--crop`` pixels (256 in the paper). Rates are estimates from likelihoods."""
+
+    train_metrics = ("loss", "bpp", "y_bpp", "aux_bpp", "psnr")
+    val_metrics = ("val_bpp", "val_psnr")
+    curve = (("train_bpp", "train_aux_bpp", "val_bpp"), "bits per pixel (estimated)")
+    default_lr = 1e-4
+
+    def __init__(self, tc):
+        self.tc = tc
+        if tc.crop % 64:
+            raise CallicError("--crop must be a multiple of 64 for the lossy codec (its total stride)")
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.tc.seed)
+        if self.tc.init:
+            model = load_cca_file(self.tc.init).float_model()
+            trainee = CCATrainee(model.cfg)  # a fresh auxiliary model
+            trainee.model.load_state_dict(model.state_dict())
+            return trainee
+        return CCATrainee(CCAConfig.named("small" if self.tc.config == "default" else self.tc.config))
+
+    def crop(self, model: nn.Module) -> int:
+        return self.tc.crop
+
+    def config_json(self, model: nn.Module) -> str:
+        return model.cfg.to_json()
+
+    def loss(self, net: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            terms = rd_loss(net, x.float() / 255, self.tc.lmbda, self.tc.cca_loss, self.tc.cca_weight)
+        metrics = {"loss": terms.loss.item(), "bpp": terms.bpp, "y_bpp": terms.y_bpp, "aux_bpp": terms.aux_bpp,
+                   "psnr": terms.psnr}  # fmt: skip
+        return terms.loss, metrics
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
+        """Estimated bpp (hard-rounded latents under the model's own likelihoods) and PSNR."""
+        codec_model = model.model
+        was_training = codec_model.training
+        codec_model.eval()
+        bits, sq, pixels = 0.0, 0.0, 0
+        for i in range(0, len(tiles), 8):
+            x = tiles[i : i + 8].to(device).float() / 255
+            f = codec_model(x)
+            bits += (f.y_bits.sum() + f.z_bits.sum()).item()
+            sq += (f.x_hat.clamp(0, 1) - x).pow(2).sum().item()
+            pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        codec_model.train(was_training)
+        mse = sq / (3 * pixels)
+        return {"val_bpp": bits / pixels, "val_psnr": 10 * torch.log10(torch.tensor(1 / max(mse, 1e-12))).item()}
+
+    def export(self, model: nn.Module, directory: str) -> Path:
+        return save_cca_model(model.model, self.tc.lmbda, directory)
+
+
+OBJECTIVES = {"callic": MGCFObjective, "cca": CCAObjective}
+
+
+def objective_for(tc):
+    return OBJECTIVES[tc.codec](tc)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return getattr(net, "module", net)
