@@ -12,9 +12,12 @@ other 8/16-bit images   JPEG-XL lossless (gray, gray+alpha, palette indices, bil
 
 HEAD payload (little-endian)::
 
-    u8 coder (1 mgcf, 2 jxl, 3 zlib) | u32 height | u32 width | u8 channels | u8 dtype code
+    u8 coder (1 mgcf, 2 jxl, 3 zlib, 4 cca: lossy) | u32 height | u32 width | u8 channels | u8 dtype code
     u8 len + mode (ASCII) | 32 B SHA-256 of the pixels (``codec.raster.pixel_hash``)
-    32 B SHA-256 of the model file (zeros unless mgcf) | u16 patch | u16 patches per stream
+    32 B SHA-256 of the model file (zeros unless mgcf or cca) | u16 patch | u16 patches per stream
+
+For cca (``codec.lossy.api``), the pixel hash is that of the lossy reconstruction, and DATA holds
+the range-coded latents.
 
 Other sections: ADPT (the image's adapters, ``codec.adapters``; only when they pay for their own
 bits, and before DATA: the decoder merges them into the model first), DATA (the coded pixels; for
@@ -45,8 +48,8 @@ from codec.raster import Raster, pixel_hash
 from codec.rpft import AdaptConfig, Adapted
 from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
-CODER_MGCF, CODER_JXL, CODER_ZLIB = 1, 2, 3
-CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib"}
+CODER_MGCF, CODER_JXL, CODER_ZLIB, CODER_CCA = 1, 2, 3, 4
+CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib", CODER_CCA: "cca"}
 DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", adapters.SECTION})
@@ -343,12 +346,17 @@ def read_header(data: bytes) -> tuple[Header, Container]:
     return Header.from_bytes(container.require(HEAD)), container
 
 
-def decode(data: bytes, *, model: Model | None = None, device: str = "cpu") -> Raster:
-    """``.cllc`` bytes -> the original ``Raster``, or a ``CallicError`` saying why not."""
+def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", lossy_model=None) -> Raster:
+    """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
+    made with), or a ``CallicError`` saying why not."""
     header, container = read_header(data)
     payload = container.require(b"DATA")
     dtype = np.dtype(header.dtype)
-    if header.coder == CODER_MGCF:
+    if header.coder == CODER_CCA:
+        from codec.lossy.api import decode_latents
+
+        pixels = decode_latents(header, payload, lossy_model, device)
+    elif header.coder == CODER_MGCF:
         if header.dtype != "uint8" or header.channels not in (3, 4):
             raise CorruptFileError("mgcf coder with a non 8-bit RGB(A) header")
         if model is not None and model.digest == header.model_hash:
@@ -404,7 +412,8 @@ def info(data: bytes) -> dict[str, Any]:
         "bytes": len(data),
         "bits_per_subpixel": 8 * len(data) / samples,
         "pixel_sha256": header.pixel_hash.hex(),
-        "model_sha256": header.model_hash.hex() if header.coder == CODER_MGCF else None,
+        "model_sha256": header.model_hash.hex() if header.coder in (CODER_MGCF, CODER_CCA) else None,
+        "lossy": header.coder == CODER_CCA,
         "patch": header.patch or None,
         "patches_per_stream": header.patches_per_stream or None,
         "adapted": container.get(adapters.SECTION) is not None,

@@ -8,7 +8,9 @@ say why), 11 the Ray cluster cannot host the workers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -72,8 +74,6 @@ def _finish(job_store: Store, summary: driver.RunSummary, quiet: bool) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     events.configure(args.log_json, args.verbose)
     options = storage_options(args.storage_options)
-    if args.codec == "cca":
-        raise UsageError("--codec cca: the lossy codec is not available yet")
     if args.shard_size < 1 or args.steps < 0 or args.max_attempts < 1:
         raise UsageError("--shard-size and --max-attempts must be >= 1, --steps >= 0")
     job_id = job.check_job_id(args.job_id or job.new_job_id())
@@ -85,8 +85,15 @@ def cmd_archive(args: argparse.Namespace) -> int:
     src, items = job.list_sources(args.src, options, ARCHIVE_SUFFIXES)
     if not items:
         raise job.JobError(f"no image files in {redact(args.src)}")
-    settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch, args.jpeg)
+    lossy_model = os.path.abspath(args.lossy_model) if args.lossy_model and "://" not in args.lossy_model else None
+    settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch, args.jpeg,
+                             args.quality, lossy_model or args.lossy_model)  # fmt: skip
     model_hash = codec.load_model(args.model).digest.hex()
+    if settings.codec == "cca":  # fail before the job exists; workers load the same file and check its hash
+        from codec.lossy.api import load_lossy_model
+
+        digest = load_lossy_model(settings.lossy_model, settings.quality).digest.hex()
+        settings = dataclasses.replace(settings, lossy_model_hash=digest)
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
         job_id=job_id,
@@ -219,10 +226,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--job-id", help="job name (default: date-time-random)")
     p.add_argument(
         "--codec",
-        choices=[*CODECS, "cca"],
+        choices=CODECS,
         default="callic",
-        help="callic (learned), auto (learned or JPEG-XL lossless, the smaller), cca (lossy; not yet)",
+        help="callic (learned), auto (learned or JPEG-XL lossless, the smaller), cca (lossy for 8-bit RGB)",
     )
+    p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
+    p.add_argument("--lossy-model", help="cca: a model file instead of a shipped rate point")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"adaptation steps T (default {DEFAULT_STEPS})")
     p.add_argument("--adapt-patches", type=int, default=32, help="most patches per adaptation step (0: all)")
     p.add_argument("--batch", type=int, default=0, help="images adapted together (default: 8 on a GPU, 1 on a CPU)")

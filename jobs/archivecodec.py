@@ -13,6 +13,9 @@ What is stored for a source file:
   image is also coded with JPEG-XL lossless and the smaller file is kept. Restoring writes the
   pixels and metadata back in the source's format (PNG, TIFF, PPM or BMP): the same pixels, not
   the same bytes.
+- with ``codec: cca``, 8-bit RGB images are coded with the lossy codec (rate point ``quality``);
+  every other image stays lossless. A lossy row's pixel hash is that of the reconstruction, which
+  is what a restore writes back (and checks).
 
 Before a ``.cllc`` is accepted, writing the source's pixels back in its format and reading them
 again must give the same pixels (so a restore cannot silently change a pixel), and with
@@ -40,7 +43,7 @@ from codec.rpft import AdaptConfig
 from pipeline.items import Encoded, Resources
 
 WRITABLE = {"PNG", "TIFF", "PPM", "BMP"}
-CODECS = ("callic", "auto")
+CODECS = ("callic", "auto", "cca")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class CodecSettings:
     model: str | None = None  # a model file; None = the shipped default
     batch: int = 0  # images adapted together; 0 = 8 on a GPU, 1 on a CPU
     jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
+    quality: int | None = None  # cca: the shipped rate point (None: the highest)
+    lossy_model: str | None = None  # cca: a model file instead of a shipped rate point
+    lossy_model_hash: str | None = None  # cca: the model the job was started with (resume checks it)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -78,6 +84,13 @@ class ArchiveCodec:
         self.adapt = (
             AdaptConfig(steps=settings.steps, max_patches=settings.adapt_patches or None) if settings.steps else None
         )
+        self.lossy = None
+        if settings.codec == "cca":
+            from codec.lossy.api import load_lossy_model
+
+            self.lossy = load_lossy_model(settings.lossy_model, settings.quality, device)
+            if settings.lossy_model_hash and self.lossy.digest.hex() != settings.lossy_model_hash:
+                raise UnsupportedError(f"the job needs lossy model {settings.lossy_model_hash[:16]}")
 
     # ------------------------------------------------------------------ archive
 
@@ -153,6 +166,28 @@ class ArchiveCodec:
         return Encoded(blob, ".jxl", fields)
 
     def _code(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+        if self.lossy is not None:
+            lossy = [i for i, r in enumerate(rasters) if r.mode == "RGB" and r.pixels.dtype == np.uint8]
+            out: list = [None] * len(rasters)
+            for i in lossy:
+                out[i] = self._code_lossy(rasters[i], verify)
+            rest = [i for i in range(len(rasters)) if out[i] is None]
+            for i, coded in zip(rest, self._code_lossless([rasters[i] for i in rest], verify), strict=True):
+                out[i] = coded
+            return out
+        return self._code_lossless(rasters, verify)
+
+    def _code_lossy(self, raster: Raster, verify: bool) -> tuple[bytes, EncodeReport, float]:
+        from codec.lossy.api import encode_lossy
+
+        timings: dict[str, float] = {}
+        blob = encode_lossy(raster, model=self.lossy, verify=verify, timings=timings)
+        report = EncodeReport(bytes=len(blob), coder="cca", timings=timings)
+        return blob, report, timings["encode_s"]
+
+    def _code_lossless(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+        if not rasters:
+            return []
         start = time.perf_counter()
         pairs = encode_many(rasters, model=self.model, device=self.device, adapt=self.adapt, verify=verify)
         share = (time.perf_counter() - start) / len(rasters)
@@ -171,6 +206,7 @@ class ArchiveCodec:
     def _fields(self, coded: tuple[bytes, EncodeReport, float], raster: Raster, fmt: str) -> Encoded:
         blob, report, encode_s = coded
         learned = report.coder == "mgcf"
+        lossy = report.coder == "cca"
         fields = {
             **_pixel_fields(raster),
             "codec": "callic" if learned else report.coder,
@@ -180,8 +216,8 @@ class ArchiveCodec:
             "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
             "verify_s": report.timings.get("verify_s"),
-            "pixel_hash": pixel_hash(raster.pixels).hex(),
-            "model_hash": self.model_hash if learned else None,
+            "pixel_hash": codec.info(blob)["pixel_sha256"] if lossy else pixel_hash(raster.pixels).hex(),
+            "model_hash": self.model_hash if learned else self.lossy.digest.hex() if lossy else None,
         }
         return Encoded(blob, ".cllc", fields)
 

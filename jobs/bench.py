@@ -704,6 +704,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="run on Ray actors (the archive pipeline's machinery): N workers, each with its share of the cores",
     )
     p.add_argument("--address", help="Ray cluster to join with --workers (default: a local one)")
+    lossy_help = "lossy benchmark instead: cca rate points vs JPEG, WebP, AVIF, JPEG-XL (jobs/benchlossy.py)"
+    p.add_argument("--lossy", action="store_true", help=lossy_help)
+    p.add_argument("--lossy-models", type=comma_list, help="cca model files, one per rate point (default: shipped)")
     add_adapt_arguments(p)
     p.set_defaults(func=main)
     return p
@@ -711,6 +714,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when the report is written (failures are in it), 1 if there is nothing to run."""
+    if args.lossy:
+        from jobs import benchlossy
+
+        return benchlossy.main(args)
     setup_torch(args.threads, args.device)
     fs, paths, names = list_bench_images(args.input)
     paths, names = paths[: args.limit], names[: args.limit]

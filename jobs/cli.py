@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import codec
 from codec import rpft
 from codec.errors import CallicError
@@ -44,6 +46,8 @@ def print_report(report: codec.api.EncodeReport, samples: int) -> None:
 def cmd_encode(args) -> int:
     setup_torch(args.threads, args.device)
     raster = read_image(args.input)
+    if args.codec == "cca":
+        return encode_lossy(args, raster)
     model = codec.load_model(args.model, args.device) if raster.mode in ("RGB", "RGBA") else None
     start = time.perf_counter()
     [(data, report)] = codec.api.encode_many(
@@ -66,12 +70,54 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def encode_lossy(args, raster) -> int:
+    from codec.lossy.api import encode_lossy as encode
+    from codec.lossy.api import load_lossy_model
+
+    if raster.mode == "RGBA" or (raster.pixels.dtype == np.uint8 and raster.mode in ("L", "P")):
+        raster = codec.Raster.from_array(np.ascontiguousarray(raster_rgb(raster)))
+    model = load_lossy_model(args.model, args.quality, args.device)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    data = encode(raster, model=model, verify=args.verify, timings=timings)
+    seconds = time.perf_counter() - start
+    write_atomically(args.output, data)
+    bpp = 8 * len(data) / (raster.width * raster.height)
+    print(
+        f"{args.input} -> {args.output}: {len(data)} bytes, {bpp:.3f} bpp, cca (lossy, model "
+        f"{model.digest.hex()[:16]}), {seconds:.2f} s{' (verified)' if args.verify else ''}"
+    )
+    if args.verbose:
+        print("  stages: " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in timings.items()))
+    return 0
+
+
+def raster_rgb(raster) -> np.ndarray:
+    """8-bit gray, palette or RGBA pixels as RGB, for the lossy codec (alpha is dropped)."""
+    from PIL import Image
+
+    if raster.mode == "RGBA":
+        return raster.pixels[..., :3]
+    if raster.mode == "P":
+        image = Image.fromarray(raster.pixels, "P")
+        image.putpalette(raster.palette, raster.palette_mode or "RGB")
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(raster.pixels[..., None], 3, axis=2)
+
+
 def cmd_decode(args) -> int:
     setup_torch(args.threads, "cpu")
     fmt = image_format(args.output)  # refuse an unknown output format before decoding
     start = time.perf_counter()
-    model = codec.load_model(args.model) if args.model else None
-    raster = codec.decode(Path(args.input).read_bytes(), model=model)
+    data = Path(args.input).read_bytes()
+    model = lossy = None
+    if args.model and codec.info(data)["coder"] == "cca":
+        from codec.lossy.api import load_lossy_model
+
+        lossy = load_lossy_model(args.model)
+    elif args.model:
+        model = codec.load_model(args.model)
+    raster = codec.decode(data, model=model, lossy_model=lossy)
     write_atomically(args.output, write_image_bytes(raster, fmt))
     print(
         f"{args.input} -> {args.output}: {raster.width}x{raster.height} {raster.mode}, "
@@ -96,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--verify", action="store_true", help="decode on the CPU and compare before writing")
     p.add_argument("--model", help="model file (.safetensors); default: the shipped model")
+    p.add_argument("--codec", choices=["callic", "cca"], default="callic",
+                   help="callic: lossless (default); cca: the lossy codec (8-bit RGB; alpha dropped)")  # fmt: skip
+    p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
     p.add_argument(
         "--patches-per-stream",
         type=int,

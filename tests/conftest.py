@@ -40,6 +40,17 @@ def tiny_model_path(model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_lossy_model_path(model_dir) -> Path:
+    """A random tiny CCA model (the lossy codec), installed where decoders look for it."""
+    from codec.lossy.config import CCAConfig
+    from codec.lossy.model import CCAModel
+    from codec.lossy.weights import save_model as save_lossy
+
+    torch.manual_seed(0)
+    return save_lossy(CCAModel(CCAConfig.tiny()).eval(), 1.0, model_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_path):
     return codec.load_model(str(tiny_model_path))
 

@@ -179,3 +179,41 @@ def test_one_actor_per_gpu(src, tmp_path, tiny_model_path):
         assert len({r["worker"] for r in rows}) == 2
     finally:
         ray.shutdown()
+
+
+def test_lossy_job_codes_rgb_with_cca_and_everything_else_losslessly(
+    ray_cluster, src, tmp_path, tiny_model_path, tiny_lossy_model_path
+):
+    import numpy as np
+
+    import codec
+    from codec.images import read_image
+
+    root, kinds = src
+    dst, out = tmp_path / "dst", tmp_path / "out"
+    dst.mkdir()
+    args = (
+        "--steps",
+        "0",
+        "--model",
+        str(tiny_model_path),
+        "--codec",
+        "cca",
+        "--lossy-model",
+        str(tiny_lossy_model_path),
+    )
+    assert run("archive", str(root), str(dst), "--job-id", "l", *args) == 10
+    rows = {r["source_key"]: r for r in manifest.read_all(Store(dst / "l")).to_pylist() if r["status"] == "ok"}
+    lossy = {"rgb/a.png", "rgb/b.png", "scan.tif", "plain.ppm"}  # the 8-bit RGB sources
+    assert {k for k, r in rows.items() if r["codec"] == "cca"} == lossy
+    assert rows["rgba.png"]["codec"] == "callic" and rows["gray.png"]["codec"] == "jxl-lossless"
+    spec = json.loads((dst / "l" / "job.json").read_text())
+    assert spec["codec"]["lossy_model_hash"] == rows["rgb/a.png"]["model_hash"]
+    assert run("restore", str(dst / "l"), str(out), "--model", str(tiny_model_path)) == 0
+    corpus.check_restored(root, out, {k: v for k, v in kinds.items() if k not in lossy})  # exact
+    for key in lossy:  # the reconstruction the file names, in the source's format and size
+        stored = (dst / "l" / rows[key]["output_key"]).read_bytes()
+        want = codec.decode(stored).pixels
+        got = read_image(out / key)
+        assert got.pixels.dtype == want.dtype and got.pixels.shape == want.shape == read_image(root / key).pixels.shape
+        assert np.array_equal(got.pixels, want), key

@@ -1,0 +1,109 @@
+"""``encode_lossy``: an 8-bit RGB image -> a ``.cllc`` holding CCA-coded latents; ``codec.decode``
+reads such files like any other (the HEAD names the coder and the model's hash).
+
+The file stores the SHA-256 of the reconstruction the encoder computed with the exact decoder
+path (``codec.lossy.exact``); a decoder that gets other pixels (a corrupt stream, a wrong model,
+or a platform where the exact path were not exact) raises instead of returning them.
+
+Models: ``quality`` q = 1..N picks the q-th of the shipped rate points (``codec/models/CCA`` lists
+their files, lowest quality first); ``model`` names a file. Decoders find a file's model by hash
+in the same folders as MGCF's (``$CALLIC_MODEL_PATH``, ``~/.cache/callic/models``, the package).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec.container import HEAD, Container
+from codec.errors import ModelNotFoundError, UnsupportedError, VerificationError
+from codec.lossy import coding
+from codec.lossy.weights import file_name, parse_model
+from codec.raster import pixel_hash
+from codec.weights import PACKAGE_MODELS, model_dirs
+
+QUALITY_LIST = PACKAGE_MODELS / "CCA"
+
+
+def quality_levels() -> list[str]:
+    """The shipped rate points' file names, lowest quality (fewest bits) first."""
+    if not QUALITY_LIST.is_file():
+        return []
+    return [line.strip() for line in QUALITY_LIST.read_text().splitlines() if line.strip()]
+
+
+def load_lossy_model(model: str | Path | None = None, quality: int | None = None, device: str = "cpu"):
+    """A CCA model from a file, or the shipped rate point ``quality`` (1 = fewest bits)."""
+    if model is None:
+        levels = quality_levels()
+        if not levels:
+            raise ModelNotFoundError("no lossy (cca) models are shipped with this installation; pass a model file")
+        q = len(levels) if quality is None else quality
+        if not 1 <= q <= len(levels):
+            raise ValueError(f"--quality must be in 1..{len(levels)} (the shipped rate points)")
+        model = PACKAGE_MODELS / levels[q - 1]
+    return coding.LossyModel(parse_model(Path(model).read_bytes()), torch.device(device))
+
+
+def find_lossy_model(digest: bytes) -> Path:
+    name = file_name(digest)
+    for d in model_dirs():
+        if (d / name).is_file():
+            return d / name
+    searched = ", ".join(str(d) for d in model_dirs())
+    raise ModelNotFoundError(f"lossy model {digest.hex()[:16]}… is not installed (looked in {searched})")
+
+
+@lru_cache(maxsize=8)
+def lossy_model_by_hash(digest: bytes, device: str) -> coding.LossyModel:
+    data = find_lossy_model(digest).read_bytes()
+    if hashlib.sha256(data).digest() != digest:
+        raise ModelNotFoundError(f"the installed {file_name(digest)} does not have the hash its name says")
+    return coding.LossyModel(parse_model(data), torch.device(device))
+
+
+def encode_lossy(image: Any, *, quality: int | None = None, model: coding.LossyModel | None = None,
+                 device: str = "cpu", verify: bool = False, timings: dict | None = None) -> bytes:  # fmt: skip
+    """Compress an 8-bit RGB image (numpy array, ``Raster`` or Pillow image) with the lossy codec."""
+    from codec.api import CODER_CCA, Header, _as_raster, decode
+
+    raster = _as_raster(image)
+    if raster.pixels.dtype != np.uint8 or raster.mode != "RGB":
+        raise UnsupportedError(f"the lossy codec takes 8-bit RGB images, not {raster.mode} {raster.pixels.dtype}")
+    model = model or load_lossy_model(quality=quality, device=device)
+    start = time.perf_counter()
+    data, recon = coding.encode(model, raster.pixels)
+    if timings is not None:
+        timings["encode_s"] = time.perf_counter() - start
+    header = Header(CODER_CCA, raster.height, raster.width, 3, "uint8", "RGB", pixel_hash(recon), model.digest, 0, 0)
+    container = Container()
+    container.add(HEAD, header.to_bytes())
+    for tag, value in ((b"iccp", raster.icc_profile), (b"exif", raster.exif), (b"xmp ", raster.xmp)):
+        if value:
+            container.add(tag, value)
+    container.add(b"DATA", data)
+    out = container.to_bytes()
+    if verify:
+        start = time.perf_counter()
+        cpu = model if model.device.type == "cpu" else coding.LossyModel(model.file, torch.device("cpu"))
+        if not np.array_equal(decode(out, lossy_model=cpu).pixels, recon):
+            raise VerificationError("the lossy file does not decode to the reconstruction it was made with")
+        if timings is not None:
+            timings["verify_s"] = time.perf_counter() - start
+    return out
+
+
+def decode_latents(header, payload: bytes, model: coding.LossyModel | None, device: str) -> np.ndarray:
+    if header.dtype != "uint8" or header.channels != 3:
+        from codec.errors import CorruptFileError
+
+        raise CorruptFileError("cca coder with a non 8-bit RGB header")
+    if model is None or model.digest != header.model_hash:
+        model = lossy_model_by_hash(header.model_hash, device)
+    return coding.decode(model, payload, header.height, header.width)

@@ -1,0 +1,126 @@
+"""Encode and decode one RGB image with a CCA model: latents in, range-coded bytes out, and the
+exact reconstruction both sides agree on.
+
+Stream order (one range-coded stream; the decoder needs nothing else but the image size):
+z channel by channel (each under its own factorized table), then slice by slice the symbols
+v = round(y - mu), grouped by the Gaussian table of their predicted scale, in ascending table
+order, each group in (channel, row, column) order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from codec.entropy import Decoder, Encoder
+from codec.fixedpoint import ACT_LIMIT
+from codec.lossy.bitstream import decode_group, encode_group
+from codec.lossy.exact import ONE, ExactCCA, exact_kernels
+from codec.lossy.model import CCAModel, pad_to
+from codec.lossy.tables import scale_thresholds
+from codec.lossy.weights import CCAModelFile
+
+STRIDE = 64  # g_a then h_a halve the size six times
+Z_LIMIT = 1 << 20
+
+
+@dataclass
+class LossyModel:
+    """A loaded CCA model file: what an encoder and a decoder need, on one device."""
+
+    file: CCAModelFile
+    device: torch.device
+
+    @property
+    def digest(self) -> bytes:
+        return self.file.digest
+
+    @cached_property
+    def float_model(self) -> CCAModel:
+        return self.file.float_model().to(self.device)
+
+    @cached_property
+    def exact(self) -> ExactCCA:
+        return self.file.exact_model(self.device)
+
+    @cached_property
+    def y_tables(self) -> list[torch.Tensor]:
+        return self.file.y_tables()
+
+    @cached_property
+    def z_tables(self) -> tuple[list[torch.Tensor], list[int]]:
+        tables, lows = self.file.z_tables()
+        return tables, lows.tolist()
+
+    @cached_property
+    def thresholds(self) -> torch.Tensor:
+        return scale_thresholds()[:-1].to(self.device)
+
+
+def _latent_shape(height: int, width: int, stride: int) -> tuple[int, int]:
+    return -(-height // stride), -(-width // stride)
+
+
+def _y_low(table: torch.Tensor) -> int:
+    return -((table.numel() - 3) // 2)
+
+
+def encode(model: LossyModel, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """(H, W, 3) uint8 -> (coded latents, the reconstruction every decoder will produce)."""
+    h, w = pixels.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = model.float_model.g_a(pad_to(x, STRIDE))
+        z = model.float_model.h_a(y)
+    z_sym = torch.round(z).clamp_(-Z_LIMIT, Z_LIMIT).long()
+    enc = Encoder()
+    ztabs, zlows = model.z_tables
+    for c in range(z_sym.shape[1]):
+        encode_group(enc, z_sym[0, c], ztabs[c], zlows[c])
+    e = model.exact
+    with torch.no_grad(), exact_kernels():
+        hyper_mean, hyper_scale = e.hyper(z_sym.double())
+        decoded: list[torch.Tensor] = []
+        for i, y_i in enumerate(model.float_model.split(y)):
+            mu, sigma, support = e.slice_params(i, hyper_mean, hyper_scale, decoded)
+            y_fx = torch.round(y_i.double() * ONE).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            v = torch.floor((y_fx - mu + ONE // 2) / ONE)
+            _code_slice(enc, model, v.long(), torch.bucketize(sigma, model.thresholds))
+            decoded.append(e.lrp(i, support, (v * ONE + mu).clamp_(-ACT_LIMIT, ACT_LIMIT)))
+        recon = e.synthesize(torch.cat(decoded, 1))[0, :h, :w]
+    return enc.finish(), recon.cpu().numpy()
+
+
+def _code_slice(enc: Encoder, model: LossyModel, v: torch.Tensor, index: torch.Tensor) -> None:
+    flat_v, flat_i = v.reshape(-1).cpu(), index.reshape(-1).cpu()
+    for k in torch.unique(flat_i).tolist():
+        table = model.y_tables[k]
+        encode_group(enc, flat_v[flat_i == k], table, _y_low(table))
+
+
+def decode(model: LossyModel, data: bytes, height: int, width: int) -> np.ndarray:
+    """Coded latents of an ``height`` x ``width`` image -> its (H, W, 3) uint8 reconstruction."""
+    cfg = model.file.cfg
+    dec = Decoder(data)
+    zh, zw = _latent_shape(height, width, STRIDE)
+    ztabs, zlows = model.z_tables
+    z = torch.stack([decode_group(dec, zh * zw, ztabs[c], zlows[c]).reshape(zh, zw) for c in range(cfg.z_channels)])
+    e = model.exact
+    with torch.no_grad(), exact_kernels():
+        hyper_mean, hyper_scale = e.hyper(z[None].to(model.device, torch.float64))
+        decoded: list[torch.Tensor] = []
+        for i in range(cfg.slices):
+            mu, sigma, support = e.slice_params(i, hyper_mean, hyper_scale, decoded)
+            index = torch.bucketize(sigma, model.thresholds).reshape(-1).cpu()
+            v = torch.empty(index.numel(), dtype=torch.int64)
+            for k in torch.unique(index).tolist():
+                table = model.y_tables[k]
+                mask = index == k
+                v[mask] = decode_group(dec, int(mask.sum()), table, _y_low(table))
+            v = v.reshape(mu.shape).to(model.device, torch.float64)
+            decoded.append(e.lrp(i, support, (v * ONE + mu).clamp_(-ACT_LIMIT, ACT_LIMIT)))
+        recon = e.synthesize(torch.cat(decoded, 1))[0, :height, :width]
+    return recon.cpu().numpy()
