@@ -7,8 +7,10 @@ the last validation, and the validation's own names.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import fsspec
 import torch
 from torch import nn
 
@@ -79,7 +81,17 @@ class CCAObjective:
             raise CallicError("--crop must be a multiple of 64 for the lossy codec (its total stride)")
 
     def build(self) -> nn.Module:
+        """A fresh model; or ``--init``: a model file (with a fresh auxiliary model) or another
+        run's ``checkpoint.pt`` (model and auxiliary model; e.g. another rate point's run). A
+        fresh auxiliary model predicts badly at first, and L_CCA then rewards an encoder that
+        makes it predict worse still, so a new rate point should start from a checkpoint."""
         torch.manual_seed(self.tc.seed)
+        if self.tc.init and self.tc.init.endswith(".pt"):
+            with fsspec.open(self.tc.init, "rb") as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+            trainee = CCATrainee(CCAConfig.from_json(state["config"]))
+            trainee.load_state_dict(state["model"])
+            return trainee
         if self.tc.init:
             model = load_cca_file(self.tc.init).float_model()
             trainee = CCATrainee(model.cfg)  # a fresh auxiliary model

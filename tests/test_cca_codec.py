@@ -132,3 +132,20 @@ def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
         codec.decode(data)
     with pytest.raises(UnsupportedError):
         encode_lossy(np.zeros((8, 8), np.uint8), model=lossy)
+
+
+def test_shipped_rate_points_load_by_quality():
+    from codec.lossy.api import quality_levels
+    from codec.lossy.weights import file_name
+
+    levels = quality_levels()
+    if not levels:
+        pytest.skip("no lossy models shipped")
+    lambdas = []
+    for q, name in enumerate(levels, start=1):
+        model = load_lossy_model(quality=q)
+        assert file_name(model.digest) == name  # the file is what its name says
+        lambdas.append(model.file.lmbda)
+    assert lambdas == sorted(lambdas, reverse=True)  # quality 1 = the largest rate weight = fewest bits
+    with pytest.raises(ValueError):
+        load_lossy_model(quality=len(levels) + 1)

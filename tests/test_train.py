@@ -118,3 +118,10 @@ def test_lossy_training_logs_both_rates_resumes_and_exports(tmp_path):
     # A configuration mismatch is refused rather than silently restarting.
     with pytest.raises(Exception, match="different model configuration"):
         train_loop(config(tmp_path, steps=41, **(kw | {"config": "small", "crop": 64})))
+    # Another rate point starts from this run's checkpoint: model and auxiliary model.
+    other = tmp_path / "other"
+    train_loop(config(other, steps=2, val_every=2, init=str(tmp_path / "checkpoint.pt"), **(kw | {"lmbda": 4.0})))
+    [point] = (other / "model").glob("cca-*.safetensors")
+    assert load_cca(point).lmbda == 4.0
+    rows = log(other)
+    assert abs(float(rows[0]["val_psnr"]) - float(last["val_psnr"])) < 0.01  # it starts where that run ended

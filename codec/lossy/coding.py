@@ -71,7 +71,7 @@ def _y_low(table: torch.Tensor) -> int:
 def encode(model: LossyModel, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
     """(H, W, 3) uint8 -> (coded latents, the reconstruction every decoder will produce)."""
     h, w = pixels.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(pixels, copy=True)).to(model.device).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         y = model.float_model.g_a(pad_to(x, STRIDE))
         z = model.float_model.h_a(y)
