@@ -1,10 +1,13 @@
 """Bjontegaard delta rate: the average bitrate difference of a test codec against an anchor at
 equal quality, over the quality range both curves cover.
 
-Classic method (VCEG-M33): fit log10(rate) as a cubic polynomial of quality for each curve,
-integrate both over the common quality interval, and turn the mean log difference into a
-percentage. Negative means the test codec needs fewer bits. Each curve needs at least 4 points;
-with no overlap the result is None.
+Bjontegaard's method (VCEG-M33) with piecewise-linear instead of cubic interpolation of
+log10(rate) against quality: a cubic fit through a curve that is nearly flat in quality (a weak
+model whose extra bits buy little PSNR) swings wildly and gives nonsense such as -100%, while
+linear pieces stay between the measured points. Both curves are integrated over their common
+quality interval and the mean log difference becomes a percentage; negative means the test codec
+needs fewer bits. Each curve needs at least 4 points and must rise in quality with rate (points
+that do not are dropped); with no overlap the result is None.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ import numpy as np
 
 def bd_rate(anchor: Sequence[tuple[float, float]], test: Sequence[tuple[float, float]]) -> float | None:
     """Points are (rate, quality), e.g. (bpp, PSNR dB); returns percent or None."""
-    if len(anchor) < 4 or len(test) < 4:
+    a, t = _rising(anchor), _rising(test)
+    if len(a) < 4 or len(t) < 4:
         return None
-    ra, qa = np.log10([p[0] for p in anchor]), np.array([p[1] for p in anchor])
-    rt, qt = np.log10([p[0] for p in test]), np.array([p[1] for p in test])
+    qa, ra = np.array([p[1] for p in a]), np.log10([p[0] for p in a])
+    qt, rt = np.array([p[1] for p in t]), np.log10([p[0] for p in t])
     lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
     if not hi > lo:
         return None
-    fit_a, fit_t = np.polyint(np.polyfit(qa, ra, 3)), np.polyint(np.polyfit(qt, rt, 3))
-    mean_a = (np.polyval(fit_a, hi) - np.polyval(fit_a, lo)) / (hi - lo)
-    mean_t = (np.polyval(fit_t, hi) - np.polyval(fit_t, lo)) / (hi - lo)
-    return float((10 ** (mean_t - mean_a) - 1) * 100)
+    grid = np.linspace(lo, hi, 1001)
+    diff = np.interp(grid, qt, rt) - np.interp(grid, qa, ra)
+    return float((10 ** np.mean(diff) - 1) * 100)
+
+
+def _rising(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points sorted by rate, keeping each only if its quality beats every cheaper one."""
+    out: list[tuple[float, float]] = []
+    for rate, quality in sorted(points):
+        if np.isfinite(quality) and (not out or quality > out[-1][1]):
+            out.append((rate, quality))
+    return out

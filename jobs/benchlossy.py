@@ -9,7 +9,7 @@ are drawn); BD-rate (``jobs.bdrate``) compares our curve with each anchor on PSN
 in dB (-10 log10(1 - MS-SSIM)).
 
 Anchor settings: JPEG = Pillow's libjpeg (4:2:0, optimize), quality 5..95; WebP = libwebp
-(imagecodecs) quality 5..95; AVIF = libavif (imagecodecs, its default speed) quality 10..90;
+(imagecodecs) quality 5..95; AVIF = libavif (imagecodecs, speed 8) quality 10..90;
 JPEG-XL = libjxl (imagecodecs, effort 7) distance 0.5..12.
 """
 
@@ -62,9 +62,11 @@ def anchor_codecs(threads: int | None) -> list[LossyCodec]:
     q = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
     return [
         LossyCodec("jpeg", q, _jpeg_encode, _jpeg_decode),
-        LossyCodec("webp", q, lambda p, s: imagecodecs.webp_encode(p, level=s), imagecodecs.webp_decode),
+        LossyCodec("webp", q, lambda p, s: imagecodecs.webp_encode(p, level=s, lossless=False),
+                   imagecodecs.webp_decode),
         LossyCodec("avif", [10, 20, 30, 40, 50, 60, 70, 80, 90],
-                   lambda p, s: imagecodecs.avif_encode(p, level=s, numthreads=threads), imagecodecs.avif_decode),
+                   lambda p, s: imagecodecs.avif_encode(p, level=s, speed=8, numthreads=threads),
+                   imagecodecs.avif_decode),
         LossyCodec("jxl", [12, 8, 6, 4, 3, 2, 1.5, 1, 0.5],
                    lambda p, s: imagecodecs.jpegxl_encode(p, distance=s, effort=7, numthreads=threads),
                    imagecodecs.jpegxl_decode),

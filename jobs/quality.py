@@ -25,18 +25,22 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - size // 2
+    x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
+
+
+def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The 2-D Gaussian window as two 1-D passes (valid region only)."""
+    return F.conv2d(F.conv2d(x, g[None, None, None, :]), g[None, None, :, None])
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    sxx = F.conv2d(x * x, window) - mu_x**2
-    syy = F.conv2d(y * y, window) - mu_y**2
-    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    sxx = _blur(x * x, window) - mu_x**2
+    syy = _blur(y * y, window) - mu_y**2
+    sxy = _blur(x * y, window) - mu_x * mu_y
     cs = (2 * sxy + c2) / (sxx + syy + c2)
     luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
     return (luminance * cs).mean((1, 2, 3)), cs.mean((1, 2, 3))
@@ -45,8 +49,8 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     if min(a.shape[:2]) < MIN_SIDE:
         return None
-    x = torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1)[:, None]  # channels as a batch
-    y = torch.from_numpy(b.astype(np.float64)).permute(2, 0, 1)[:, None]
+    x = torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[:, None]  # channels as a batch
+    y = torch.from_numpy(b.astype(np.float32)).permute(2, 0, 1)[:, None]
     window = _window()
     factors = []
     for level, weight in enumerate(MS_SSIM_WEIGHTS):
