@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -70,16 +71,20 @@ def serialize(model: MGCF) -> bytes:
     return st_save(tensors, metadata)
 
 
-def save_model(model: MGCF, directory: str | Path) -> Path:
-    """Write ``model`` as ``mgcf-<hash>.safetensors`` in ``directory`` (atomically); return the path."""
-    data = serialize(model)
+def write_named(data: bytes, directory: str | Path, name_of: Callable[[bytes], str]) -> Path:
+    """Write a model file in ``directory`` (atomically) under the name its hash gives; return the path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(hashlib.sha256(data).digest())
+    path = directory / name_of(hashlib.sha256(data).digest())
     with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tmp") as tmp:
         tmp.write(data)
     os.replace(tmp.name, path)
     return path
+
+
+def save_model(model: MGCF, directory: str | Path) -> Path:
+    """Write ``model`` as ``mgcf-<hash>.safetensors`` in ``directory``; return the path."""
+    return write_named(serialize(model), directory, file_name)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from codec.entropy import Decoder, Encoder
 from codec.fixedpoint import ACT_LIMIT
 from codec.lossy.bitstream import decode_group, encode_group
-from codec.lossy.exact import ONE, ExactCCA, exact_kernels
+from codec.lossy.exact import ONE, ExactCCA, exact_kernels, exact_tensors
 from codec.lossy.model import CCAModel, pad_to
 from codec.lossy.tables import scale_thresholds
 from codec.lossy.weights import CCAModelFile
@@ -44,7 +44,8 @@ class LossyModel:
 
     @cached_property
     def exact(self) -> ExactCCA:
-        return self.file.exact_model(self.device)
+        """The integer decoder, derived from the float model already loaded (not loaded again)."""
+        return ExactCCA(self.file.cfg, exact_tensors(self.float_model), self.file.group("lut"), self.device)
 
     @cached_property
     def y_tables(self) -> list[torch.Tensor]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from codec.lossy import tables
 from codec.lossy.config import CCAConfig
 from codec.lossy.exact import ExactCCA, exact_tensors
 from codec.lossy.model import CCAModel
+from codec.weights import write_named
 
 FORMAT = "callic-cca"
 FORMAT_VERSION = "1"
@@ -64,14 +63,7 @@ def serialize(model: CCAModel, lmbda: float) -> bytes:
 
 
 def save_model(model: CCAModel, lmbda: float, directory: str | Path) -> Path:
-    data = serialize(model, lmbda)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(hashlib.sha256(data).digest())
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-    return path
+    return write_named(serialize(model, lmbda), directory, file_name)
 
 
 @dataclass(frozen=True)
