@@ -155,11 +155,16 @@ def _f(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
+
+
 def report(cv: dict[str, list[dict]], bd: list[dict], env: str, failures: list[dict]) -> str:
     lines = ["# Lossy rate-distortion", "", env, "", "## BD-rate of cca against each anchor (negative: fewer bits)", ""]
     lines += ["| anchor | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|--:|--:|"]
-    lines += [f"| {r['anchor']} | {_f(r['bd_rate_psnr'], '+.1f')}% | {_f(r['bd_rate_ms_ssim'], '+.1f')}% |" for r in bd]
-    lines += ["", "## Curves (mean over images at each setting)", ""]
+    lines += [f"| {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd]
+    lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bdrate``).", ""]
+    lines += ["## Curves (mean over images at each setting)", ""]
     lines += ["| codec | setting | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
               "|---|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
     for name, points in cv.items():

@@ -7,6 +7,7 @@ the last validation, and the validation's own names.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -79,6 +80,8 @@ class CCAObjective:
         self.tc = tc
         if tc.crop % 64:
             raise CallicError("--crop must be a multiple of 64 for the lossy codec (its total stride)")
+        if tc.slice_k is not None and tc.init:
+            raise CallicError("--slice-k shapes a new model; --init keeps the configuration it starts from")
 
     def build(self) -> nn.Module:
         """A fresh model; or ``--init``: a model file (with a fresh auxiliary model) or another
@@ -97,7 +100,10 @@ class CCAObjective:
             trainee = CCATrainee(model.cfg)  # a fresh auxiliary model
             trainee.model.load_state_dict(model.state_dict())
             return trainee
-        return CCATrainee(CCAConfig.named("small" if self.tc.config == "default" else self.tc.config))
+        cfg = CCAConfig.named("small" if self.tc.config == "default" else self.tc.config)
+        if self.tc.slice_k is not None:
+            cfg = dataclasses.replace(cfg, k=self.tc.slice_k)
+        return CCATrainee(cfg)
 
     def crop(self, model: nn.Module) -> int:
         return self.tc.crop

@@ -84,6 +84,7 @@ class TrainConfig:
     cca_loss: str = "two-player"
     cca_weight: float = 1.0
     crop: int = 256
+    slice_k: float | None = None  # None: the preset's power-schedule exponent
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -458,4 +459,6 @@ def add_parser(sub) -> None:
                    help="cca: the CCA term's reading (see codec/lossy/loss.py), or off")  # fmt: skip
     p.add_argument("--cca-weight", type=float, default=TrainConfig.cca_weight)
     p.add_argument("--crop", type=int, default=TrainConfig.crop, help="cca: crop side in pixels (multiple of 64)")
+    p.add_argument("--slice-k", type=float,
+                   help="cca, new models only: slice-size exponent (preset: 1.7, uneven; 0: even slices)")  # fmt: skip
     p.set_defaults(func=main)

@@ -125,3 +125,14 @@ def test_lossy_training_logs_both_rates_resumes_and_exports(tmp_path):
     assert load_cca(point).lmbda == 4.0
     rows = log(other)
     assert abs(float(rows[0]["val_psnr"]) - float(last["val_psnr"])) < 0.01  # it starts where that run ended
+
+
+def test_slice_k_shapes_a_new_lossy_model_only(tmp_path):
+    from jobs.objectives import CCAObjective
+
+    kw = {"codec": "cca", "config": "tiny", "crop": 64}
+    even = CCAObjective(TrainConfig(**config(tmp_path, slice_k=0.0, **kw))).build()
+    assert even.model.cfg.slice_sizes == (8, 8, 8, 8, 8)
+    assert CCAObjective(TrainConfig(**config(tmp_path, **kw))).build().model.cfg.slice_sizes == (1, 3, 7, 11, 18)
+    with pytest.raises(Exception, match="--slice-k"):
+        CCAObjective(TrainConfig(**config(tmp_path, slice_k=0.0, init="x.pt", **kw)))
