@@ -3,6 +3,8 @@ hash, the tails (escapes), and bad files refused."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -135,7 +137,7 @@ def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
 
 
 def test_shipped_rate_points_load_by_quality():
-    from codec.lossy.api import quality_levels
+    from codec.lossy.api import PACKAGE_MODELS, quality_levels
     from codec.lossy.weights import file_name
 
     levels = quality_levels()
@@ -149,3 +151,7 @@ def test_shipped_rate_points_load_by_quality():
     assert lambdas == sorted(lambdas, reverse=True)  # quality 1 = the largest rate weight = fewest bits
     with pytest.raises(ValueError):
         load_lossy_model(quality=len(levels) + 1)
+    # Superseded rate points stay installed, so that the files made with them still decode: a
+    # decoder finds a model by the hash in the file's name.
+    for path in PACKAGE_MODELS.glob("cca-*.safetensors"):
+        assert file_name(hashlib.sha256(path.read_bytes()).digest()) == path.name
