@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-import codec
-from codec.images import read_image
-from codec.lossy.api import encode_lossy, load_lossy_model
 from codec.lossy.loss import MSE_WEIGHT
-from jobs.imagefiles import list_images
-from jobs.quality import psnr
+from codec.lossy.weights import load_model_file
+from jobs.bench import list_bench_images, load_pixels
+from jobs.benchlossy import cca_codec, measure
 
 
 def run_model(run: Path) -> Path:
@@ -43,21 +41,20 @@ def last_log_row(run: Path) -> dict[str, str]:
 
 
 def evaluate(model_file: Path, images: list[tuple[str, np.ndarray]]) -> dict[str, float]:
-    model = load_lossy_model(model_file)
-    lmbda = model.file.lmbda
-    bpp, mse, quality = [], [], []
-    for _name, pixels in images:
-        data = encode_lossy(pixels, model=model)
-        out = codec.decode(data, lossy_model=model).pixels
-        if out.shape != pixels.shape or out.dtype != pixels.dtype:
-            raise RuntimeError(f"decoded {out.shape} {out.dtype}, expected {pixels.shape} {pixels.dtype}")
-        bpp.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
-        mse.append(float(np.mean((out.astype(np.float64) - pixels) ** 2)) / 255**2)
-        quality.append(psnr(pixels, out))
+    """Each image through the lossy bench's own measurement (real bytes, decoded and checked)."""
+    ours, _ = cca_codec([str(model_file)], "cpu")
+    rows = [measure(ours, 0, name, pixels) for name, pixels in images]
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        raise RuntimeError(f"{model_file.name}: {failed[0]['image']}: {failed[0]['error']}")
+    file = load_model_file(model_file)
+    lmbda = file.lmbda
+    mse = [10 ** (-r["psnr"] / 10) for r in rows]  # on [0, 1] pixels, from PSNR = 10 log10(1 / MSE)
     return {
-        "lmbda": lmbda, "bpp": statistics.mean(bpp), "psnr": statistics.mean(quality),
-        "J": statistics.mean(lmbda * b + MSE_WEIGHT * m for b, m in zip(bpp, mse, strict=True)),
-        "slices": "/".join(map(str, model.file.cfg.slice_sizes)),
+        "lmbda": lmbda, "bpp": statistics.mean(r["bpp"] for r in rows),
+        "psnr": statistics.mean(r["psnr"] for r in rows),
+        "J": statistics.mean(lmbda * r["bpp"] + MSE_WEIGHT * m for r, m in zip(rows, mse, strict=True)),
+        "slices": "/".join(map(str, file.cfg.slice_sizes)),
     }  # fmt: skip
 
 
@@ -68,12 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="first N images only")
     args = p.parse_args(argv)
 
-    fs, paths = list_images(str(args.data))
-    images = []
-    for path in paths[: args.limit]:
-        raster = read_image(fs.cat_file(path))
-        if raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA"):
-            images.append((Path(path).name, np.ascontiguousarray(raster.pixels[..., :3])))
+    fs, paths, names = list_bench_images(str(args.data))
+    images = [(name, load_pixels(fs, path)) for path, name in list(zip(paths, names, strict=True))[: args.limit]]
     print(f"{len(images)} images from {args.data}; real file sizes, every file decoded and its hash checked\n")
     print("| run | steps | slices | lambda | J (lower is better) | bpp | PSNR dB | train y bpp* | train aux bpp* |")
     print("|---|--:|---|--:|--:|--:|--:|--:|--:|")

@@ -27,7 +27,7 @@ from codec.errors import CorruptFileError
 from codec.fixedpoint import build_luts
 from codec.lossy import tables
 from codec.lossy.config import CCAConfig
-from codec.lossy.exact import ExactCCA, exact_tensors
+from codec.lossy.exact import exact_tensors
 from codec.lossy.model import CCAModel
 from codec.weights import write_named
 
@@ -80,9 +80,6 @@ class CCAModelFile:
         model = CCAModel(self.cfg)
         model.load_state_dict({k: v.float() for k, v in self.group("float").items()})
         return model.eval()
-
-    def exact_model(self, device: str | torch.device = "cpu") -> ExactCCA:
-        return ExactCCA(self.cfg, exact_tensors(self.float_model()), self.group("lut"), device)
 
     def y_tables(self) -> list[torch.Tensor]:
         return tables.unpack(self.tensors["ytab.packed"], self.tensors["ytab.lengths"])
