@@ -13,7 +13,8 @@ other 8/16-bit images   JPEG-XL lossless (gray, gray+alpha, palette indices, bil
 HEAD payload (little-endian)::
 
     u8 coder (1 mgcf, 2 jxl, 3 zlib, 4 cca: lossy) | u32 height | u32 width | u8 channels | u8 dtype code
-    u8 len + mode (ASCII) | 32 B SHA-256 of the pixels (``codec.raster.pixel_hash``)
+    u8 len + mode (ASCII) | 32 B hash of the image (format v2: ``codec.raster.raster_hash``,
+    pixels and how they are shown; v1 files: ``codec.raster.pixel_hash``, the pixels alone)
     32 B SHA-256 of the model file (zeros unless mgcf or cca) | u16 patch | u16 patches per stream
 
 For cca (``codec.lossy.api``), the pixel hash is that of the lossy reconstruction, and DATA holds
@@ -22,9 +23,11 @@ the range-coded latents.
 Other sections: ADPT (the image's adapters, ``codec.adapters``; only when they pay for their own
 bits, and before DATA: the decoder merges them into the model first), DATA (the coded pixels; for
 mgcf ``u32 n | n x u32 lengths | streams``), ALPH,
-PLTE (``u8 len + palette mode | entries``), and the ancillary ``iccp``, ``exif``, ``xmp `` and
-``trns`` carried through to the restored file. Decoding checks sizes before allocating and the
-pixel hash after decoding: it returns the original pixels or raises.
+PLTE (``u8 len + palette mode | entries``), and the ancillary ``iccp``, ``exif``, ``xmp ``,
+``trns`` and ``pngc`` (a PNG's other metadata chunks, ``codec.images``) carried through to the
+restored file. Decoding checks sizes before allocating, that the
+mode fits the pixels (``codec.raster.MODES``), the palette and the transparency, and the hash after
+decoding: it returns the original image or raises.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from codec.adapters import AdapterSet, merge
 from codec.container import HEAD, Container, parse
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.exact import ExactMGCF
+from codec.images import decode_transparency, from_pil, split_chunks
 from codec.mgcf import MGCF
-from codec.raster import Raster, pixel_hash
+from codec.raster import MODES, Raster, hash_of_version, layout_problem, palette_problem, raster_hash
 from codec.rpft import AdaptConfig, Adapted
 from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
@@ -54,6 +58,9 @@ DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", adapters.SECTION})
 SECTION_OVERHEAD = 12  # bytes a section adds besides its payload: tag, length, CRC
+MAX_CHANNELS = 16
+# The modes a coder can write (the learned and lossy coders only code RGB).
+CODER_MODES = {CODER_MGCF: ("RGB", "RGBA"), CODER_CCA: ("RGB",), CODER_JXL: tuple(MODES), CODER_ZLIB: tuple(MODES)}
 # Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
 # claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
 MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))
@@ -102,13 +109,18 @@ class Header:
             raise UnsupportedError(f"unknown coder id {coder}")
         if dt not in DTYPES:
             raise CorruptFileError(f"unknown sample type {dt}")
-        if h < 1 or w < 1 or not 1 <= c <= 16:
+        if h < 1 or w < 1 or not 1 <= c <= MAX_CHANNELS:
             raise CorruptFileError(f"impossible image size {h}x{w}x{c}")
         if h * w * c * np.dtype(DTYPES[dt]).itemsize > MAX_PIXEL_BYTES:
             raise UnsupportedError(
                 f"image of {h}x{w}x{c} exceeds the decode limit of {MAX_PIXEL_BYTES} bytes "
                 "(set CALLIC_MAX_PIXEL_BYTES to raise it)"
             )
+        problem = layout_problem(mode, DTYPES[dt], c)
+        if problem is not None:
+            raise CorruptFileError(f"HEAD: {problem}")
+        if mode not in CODER_MODES[coder]:
+            raise CorruptFileError(f"HEAD: coder {CODER_NAMES[coder]} does not code {mode} images")
         return cls(coder, h, w, c, DTYPES[dt], mode, ph, mh, patch, per)
 
     @property
@@ -124,9 +136,30 @@ def _as_raster(image: Any) -> Raster:
         return image
     if isinstance(image, np.ndarray):
         return Raster.from_array(image)
-    from codec.images import from_pil  # Pillow images
+    return from_pil(image)  # Pillow images
 
-    return from_pil(image)
+
+def check_encodable(raster: Raster) -> None:
+    """``UnsupportedError`` for an image whose file a decoder would refuse: a mode that does not
+    fit its pixels, a bad palette or transparency, or more pixel bytes than the decode limit.
+    Refused before any coding, so that nothing is stored that cannot come back."""
+    h, w, c = raster.height, raster.width, raster.channels
+    if h < 1 or w < 1 or not 1 <= c <= MAX_CHANNELS or h >= 1 << 32 or w >= 1 << 32:
+        raise UnsupportedError(f"cannot code an image of {h}x{w}x{c}")
+    if raster.pixels.nbytes > MAX_PIXEL_BYTES:
+        raise UnsupportedError(
+            f"image of {h}x{w}x{c} {raster.pixels.dtype} holds {raster.pixels.nbytes} bytes of pixels, more than "
+            f"the decode limit of {MAX_PIXEL_BYTES} (CALLIC_MAX_PIXEL_BYTES, where it is decoded, must allow it)"
+        )
+    problem = layout_problem(raster.mode, raster.pixels.dtype.name, c)
+    if problem is None and raster.palette is not None:
+        problem = palette_problem(raster.mode, raster.palette_mode or "RGB", raster.palette)
+    if problem is not None:
+        raise UnsupportedError(f"cannot code this image: {problem}")
+    try:
+        decode_transparency(raster.transparency)
+    except CorruptFileError as exc:
+        raise UnsupportedError(f"cannot code this image: {exc}") from exc
 
 
 def _mgcf_payload(streams: list[bytes]) -> bytes:
@@ -219,6 +252,8 @@ def encode_many(
     if not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     rasters = [_as_raster(image) for image in images]
+    for raster in rasters:
+        check_encodable(raster)
     learned_idx = [i for i, r in enumerate(rasters) if learned and _learned_path(r)]
     if learned_idx and model is None:
         model = load_model(device=device)
@@ -294,7 +329,7 @@ def _encode_one(raster: Raster, model: Model | None, adapted: Adapted | None, pe
         raster.channels,
         pixels.dtype.name,
         raster.mode,
-        pixel_hash(pixels),
+        raster_hash(raster),
         model_hash,
         patch,
         per,
@@ -310,6 +345,7 @@ def _encode_one(raster: Raster, model: Model | None, adapted: Adapted | None, pe
         (b"exif", raster.exif),
         (b"xmp ", raster.xmp),
         (b"trns", raster.transparency),
+        (b"pngc", raster.png_chunks),
     ):
         if value:
             container.add(tag, value)
@@ -350,6 +386,7 @@ def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", loss
     """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
     made with), or a ``CallicError`` saying why not."""
     header, container = read_header(data)
+    shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
     payload = container.require(b"DATA")
     dtype = np.dtype(header.dtype)
     if header.coder == CODER_CCA:
@@ -384,18 +421,38 @@ def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", loss
         pixels = fallback.jxl_decode(payload, header.shape, dtype)
     else:
         pixels = fallback.zlib_decode(payload, header.shape, dtype)
-    if pixel_hash(pixels) != header.pixel_hash:
-        raise VerificationError("decoded pixels do not match the hash stored in the file")
-    raster = Raster(pixels, header.mode)
-    plte = container.get(b"PLTE")
-    if plte:
-        raster.palette_mode = plte[1 : 1 + plte[0]].decode("ascii", "replace")
-        raster.palette = plte[1 + plte[0] :]
-    raster.icc_profile = container.get(b"iccp")
-    raster.exif = container.get(b"exif")
-    raster.xmp = container.get(b"xmp ")
-    raster.transparency = container.get(b"trns")
+    raster = Raster(pixels, header.mode, **shown)
+    if hash_of_version(raster, container.version) != header.pixel_hash:
+        raise VerificationError(
+            "decoded image does not match the hash stored in the file"
+            + (" (pixels, mode, palette, transparency and metadata)" if container.version >= 2 else "")
+        )
     return raster
+
+
+def _shown_facts(container: Container, mode: str) -> dict[str, Any]:
+    """The palette, transparency and metadata a file holds, as ``Raster`` fields; ``CorruptFileError``
+    for a palette or transparency no writer could use (a crafted file must not reach one)."""
+    facts: dict[str, Any] = {}
+    plte = container.get(b"PLTE")
+    if plte is not None:
+        n = plte[0] if plte else 0
+        try:
+            palette_mode = plte[1 : 1 + n].decode("ascii") if len(plte) > n else ""
+        except UnicodeDecodeError:
+            palette_mode = ""
+        problem = palette_problem(mode, palette_mode, plte[1 + n :]) if palette_mode else "malformed section"
+        if problem is not None:
+            raise CorruptFileError(f"PLTE: {problem}")
+        facts["palette_mode"], facts["palette"] = palette_mode, plte[1 + n :]
+    facts["transparency"] = container.get(b"trns")
+    decode_transparency(facts["transparency"])
+    facts["icc_profile"] = container.get(b"iccp")
+    facts["exif"] = container.get(b"exif")
+    facts["xmp"] = container.get(b"xmp ")
+    facts["png_chunks"] = container.get(b"pngc")
+    split_chunks(facts["png_chunks"])  # CorruptFileError before decoding, not when writing
+    return facts
 
 
 def info(data: bytes) -> dict[str, Any]:
@@ -409,6 +466,7 @@ def info(data: bytes) -> dict[str, Any]:
         "channels": header.channels,
         "mode": header.mode,
         "dtype": header.dtype,
+        "format_version": container.version,
         "bytes": len(data),
         "bits_per_subpixel": 8 * len(data) / samples,
         "pixel_sha256": header.pixel_hash.hex(),

@@ -3,7 +3,8 @@
 ::
 
     signature  8 bytes   b"CLLC\\r\\n\\x1a\\n"  (catches text-mode and 7-bit transfer damage)
-    version    u16 LE    FORMAT_VERSION
+    version    u16 LE    FORMAT_VERSION (2); version 1 files are read too (their pixel hash covers
+                         the pixels only, ``codec.raster.pixel_hash``; v2's covers how they are shown)
     section*   tag (4 ASCII bytes) | length u32 LE | payload | CRC-32 u32 LE of tag+length+payload
                the first section is HEAD, the last is "END " (empty payload), nothing follows it
 
@@ -14,14 +15,18 @@ be skipped. Every length is checked against the bytes that remain before anythin
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from codec.errors import CorruptFileError, UnsupportedError
 
 SIGNATURE = b"CLLC\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 END = b"END "
 HEAD = b"HEAD"
 MAX_FILE_BYTES = 1 << 34
@@ -33,6 +38,7 @@ _CRC = struct.Struct("<I")
 @dataclass
 class Container:
     sections: list[tuple[bytes, bytes]] = field(default_factory=list)
+    version: int = FORMAT_VERSION  # what a parsed file says; new files are always FORMAT_VERSION
 
     def add(self, tag: bytes, payload: bytes) -> None:
         if len(tag) != 4 or not all(0x20 <= c < 0x7F for c in tag):
@@ -54,6 +60,8 @@ class Container:
         return payload
 
     def to_bytes(self) -> bytes:
+        if self.version != FORMAT_VERSION:
+            raise ValueError(f"this callic writes .cllc version {FORMAT_VERSION} only")
         out = [SIGNATURE, struct.pack("<H", FORMAT_VERSION)]
         for tag, payload in [*self.sections, (END, b"")]:
             head = _SECTION.pack(tag, len(payload))
@@ -69,10 +77,12 @@ def parse(data: bytes, known_critical: frozenset[bytes]) -> Container:
     if len(view) < len(SIGNATURE) + 2 or bytes(view[: len(SIGNATURE)]) != SIGNATURE:
         raise CorruptFileError("not a .cllc file (bad signature)")
     (version,) = struct.unpack_from("<H", view, len(SIGNATURE))
-    if version != FORMAT_VERSION:
-        raise UnsupportedError(f".cllc format version {version}; this callic reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedError(
+            f".cllc format version {version}; this callic reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     pos = len(SIGNATURE) + 2
-    container = Container()
+    container = Container(version=version)
     while True:
         if len(view) - pos < _SECTION.size + _CRC.size:
             raise CorruptFileError("truncated file (no END section)")
@@ -98,3 +108,25 @@ def parse(data: bytes, known_critical: frozenset[bytes]) -> Container:
     if not container.sections:
         raise CorruptFileError("missing section HEAD")
     return container
+
+
+def read_regular_file(path: str | Path, limit: int, error: type[Exception] = CorruptFileError) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ``error``
+    naming it: a device (``/dev/zero``), a FIFO or a huge file must not hang or fill memory.
+    ``FileNotFoundError`` / ``PermissionError`` pass through (the caller knows what was missing)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise error(f"{path} is {st.st_size} bytes, more than the limit of {limit}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path} grew past the limit of {limit} bytes while being read")
+    return data
+
+
+def read_cllc(path: str | Path) -> bytes:
+    """A ``.cllc`` file's bytes; ``CorruptFileError`` for a device, FIFO or file over 16 GiB."""
+    return read_regular_file(path, MAX_FILE_BYTES)

@@ -103,8 +103,10 @@ class ExactMGCF:
         return _by_rows(self._head, x).view(b, p, p, -1)
 
     def cache_bytes_per_patch(self) -> int:
-        side = self.cfg.patch + 2 * (self.cfg.kernel // 2)
-        return 8 * side * side * self.cfg.width * self.cfg.depth
+        """Bytes of ``StepDecoder`` state per patch: the caches (P*P positions and a zero row, per
+        block) and the decoded pixels with their zero border."""
+        p = self.cfg.patch
+        return 8 * ((p * p + 1) * self.cfg.width * self.cfg.depth + (p + 2) ** 2 * 3)
 
     def step_decoder(self, num_patches: int) -> StepDecoder:
         return StepDecoder(self, num_patches)
@@ -124,21 +126,27 @@ class StepDecoder:
 
     Call ``params(step)`` to get the mixture parameters of the step's positions (every earlier
     group's pixels must be set), then ``set_pixels(step, pixels)`` once they are decoded.
+
+    Each cache is position-major, (P*P + 1, B, C): the P*P positions in raster order, then one
+    zero row that every tap outside the patch reads. It is allocated with ``torch.empty``: a tap
+    of group g reads a group <= g, groups are computed in order, and a whole group is written
+    before any of it is read; so no row is read before it is written, and the pages of positions
+    not reached yet are never touched (a file that fails after a few steps costs little memory).
     """
 
     def __init__(self, model: ExactMGCF, num_patches: int):
         self.m = model
         cfg = model.cfg
         self.b, self.p, self.c = num_patches, cfg.patch, cfg.width
-        self.r = cfg.kernel // 2
         dev = model.device
         self.pixels = torch.zeros(self.b, self.p + 2, self.p + 2, 3, dtype=torch.float64, device=dev)
-        # Cached inputs of the masked depth-wise convs (zero outside the patch).
-        side = self.p + 2 * self.r
+        # Cached inputs of the masked depth-wise convs; row P*P is the zero outside the patch.
+        self.zero_row = self.p * self.p
         self.caches = [
-            torch.zeros(self.b, side * side, self.c, dtype=torch.float64, device=dev) for _ in range(cfg.depth)
+            torch.empty(self.zero_row + 1, self.b, self.c, dtype=torch.float64, device=dev) for _ in range(cfg.depth)
         ]
-        self.side = side
+        for cache in self.caches:
+            cache[self.zero_row].zero_()
 
     def positions(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows, cols = step_positions(self.p, step)
@@ -147,23 +155,28 @@ class StepDecoder:
     @torch.no_grad()
     def params(self, step: int) -> torch.Tensor:
         """Mixture parameters (B, n, 10K) of group ``step``'s n positions in every patch."""
-        m, b, c, r, side = self.m, self.b, self.c, self.r, self.side
+        m, b, c, p = self.m, self.b, self.c, self.p
         rows, cols = self.positions(step)
         n = rows.numel()
         taps = torch.cat([self.pixels[:, rows + 1 + dr, cols + 1 + dc, :] for dr, dc in m.embed_taps], -1)
         x = m._embed(taps.reshape(b * n, -1))
-        centre = (rows + r) * side + (cols + r)
-        tap_rows = [centre + dr * side + dc for dr, dc in m.dw_taps]
+        centre = rows * p + cols
+        tap_rows = [self._tap_rows(rows + dr, cols + dc) for dr, dc in m.dw_taps]
         for i in range(m.cfg.depth):
             h, a = m._block_pre(i, x)
             cache = self.caches[i]
-            cache[:, centre, :] = a.view(b, n, c)
+            cache[centre] = a.view(b, n, c).transpose(0, 1)
             # One tap at a time keeps the temporaries small enough to stay in cache.
-            acc = torch.zeros(b, n, c, dtype=torch.float64, device=m.device)
+            acc = torch.zeros(n, b, c, dtype=torch.float64, device=m.device)
             for index, w in zip(tap_rows, m.dw_weight[i], strict=True):
-                acc.add_(torch.index_select(cache, 1, index).mul_(w))
-            x = m._block_post(i, x, h, acc.view(b * n, c))
+                acc.add_(torch.index_select(cache, 0, index).mul_(w))
+            x = m._block_post(i, x, h, acc.transpose(0, 1).reshape(b * n, c))
         return m._head(x).view(b, n, -1)
+
+    def _tap_rows(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Cache rows of positions (rows, cols): the zero row where they fall outside the patch."""
+        inside = (rows >= 0) & (rows < self.p) & (cols >= 0) & (cols < self.p)
+        return torch.where(inside, rows * self.p + cols, self.zero_row)
 
     def set_pixels(self, step: int, pixels: torch.Tensor) -> None:
         """Record the decoded pixels (B, n, 3) of group ``step``."""

@@ -5,7 +5,10 @@
   Note ``lossless=True``: ``level=100`` alone is not lossless.
 - ``zlib``: raw pixels deflated, for what JPEG-XL cannot hold (32-bit integer and float images).
 
-Decoders check the shape and dtype they get back; the container's pixel hash checks the values.
+Decoders never trust the payload's own size: JPEG-XL is decoded into an array of the shape and
+dtype the (already checked) header gives, and ``imagecodecs`` refuses a codestream whose basic
+info says otherwise before libjxl decodes any frame (a 100-byte codestream can claim 2**30 x 2**30
+pixels); zlib never inflates past the header's size. The container's pixel hash checks the values.
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ def jxl_encode(pixels: np.ndarray) -> bytes:
 
 
 def jxl_decode(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The image of a JPEG-XL payload, which must be exactly ``shape`` of ``dtype``.
+
+    ``out`` is allocated with ``np.empty`` (pages untouched until libjxl writes them), so a payload
+    refused for its size costs no memory; ``imagecodecs`` checks the codestream's shape against it
+    as soon as it has read the basic info, and its sample type through the item size."""
+    want = np.dtype(np.uint8 if dtype == np.bool_ else dtype)
+    out = np.empty(shape, dtype=want)
     try:
-        arr = imagecodecs.jpegxl_decode(data)
+        arr = imagecodecs.jpegxl_decode(data, out=out)
     except Exception as exc:
-        raise CorruptFileError(f"JPEG-XL payload does not decode: {exc}") from exc
-    want = np.uint8 if dtype == np.bool_ else dtype
-    if arr.dtype != want or arr.size != int(np.prod(shape)):
+        raise CorruptFileError(f"JPEG-XL payload does not decode to {shape} {dtype}: {exc}") from exc
+    if arr.dtype != want or arr.size != out.size:
         raise CorruptFileError(f"JPEG-XL payload holds {arr.shape} {arr.dtype}, header says {shape} {dtype}")
     arr = arr.reshape(shape)
     return arr.astype(bool) if dtype == np.bool_ else arr

@@ -4,28 +4,44 @@ The image is padded to a multiple of the patch size P with mid-grey (128, which 
 as 0; padding is never coded) and cut into P x P patches in raster order. Consecutive runs of
 ``patches_per_stream`` patches form a *segment*, coded as its own range-coded stream. A segment is
 the smallest unit a decoder must hold in memory; the decoder batches as many segments as its
-memory budget allows (every patch of a typical photo), each with its own range decoder.
+memory budget allows (see Memory below), each with its own range decoder.
 
 Within a segment, the stream holds, for each wavefront step in order, the R symbols of every real
 pixel of that step (patch-major, then by row), then their G, then their B symbols. A segment
 stops after the last step that holds a real pixel.
+
+Memory: a segment's stream is step-major over all its patches, so a segment is decoded in one
+batch, and its state (``ExactMGCF.cache_bytes_per_patch`` per patch, 12.7 MB with the shipped
+model) must fit the decoder's budget, ``CALLIC_DECODER_MEMORY`` bytes (default 2 GiB: 169 patches
+of the shipped model; the default 64 patches per stream need 0.81 GB). A file whose segments do
+not fit is refused before anything is allocated, and the encoder refuses to write one that a
+decoder with the default budget would refuse. Batches of several segments are held to the budget
+and grow from one segment (``_segment_groups``).
+
+Work: every patch holds a real pixel, so every stream holds at least one word (an empty one is
+corrupt before anything is allocated), and ``codec.entropy.Decoder`` raises at the first step
+where a stream has decoded more information than its words can hold: a truncated or forged
+stream fails after work in proportion to its length, not to the size its header claims.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
 import torch
 
 from codec.entropy import Decoder, Encoder
-from codec.errors import CorruptFileError
+from codec.errors import CorruptFileError, UnsupportedError
 from codec.exact import ExactMGCF
 from codec.tables import frequency_tables
 from codec.wavefront import num_steps, step_positions
 
-DECODER_BATCH_BYTES = 2 << 30  # memory for the decoder's caches: patches decoded together
+DEFAULT_DECODER_MEMORY = 2 << 30
+# Memory for the decoder's caches: patches decoded together (and the largest segment it accepts).
+DECODER_BATCH_BYTES = int(os.environ.get("CALLIC_DECODER_MEMORY", DEFAULT_DECODER_MEMORY))
 
 
 def patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
@@ -63,6 +79,23 @@ def stream_count(height: int, width: int, patch: int, per_stream: int) -> int:
     return math.ceil(math.ceil(height / patch) * math.ceil(width / patch) / per_stream)
 
 
+def segment_memory(height: int, width: int, model: ExactMGCF, per_stream: int) -> int:
+    """Bytes of caches the largest segment of this layout needs (it is decoded in one batch)."""
+    p = model.cfg.patch
+    return min(per_stream, math.ceil(height / p) * math.ceil(width / p)) * model.cache_bytes_per_patch()
+
+
+def check_segment_memory(height: int, width: int, model: ExactMGCF, per_stream: int, budget: int) -> None:
+    """Refuse a layout whose segments do not fit ``budget`` bytes, saying what would."""
+    need = segment_memory(height, width, model, per_stream)
+    if need > budget:
+        raise UnsupportedError(
+            f"decoding needs {need / 2**20:.0f} MiB for one segment of {per_stream} patches, more than the "
+            f"decoder's budget of {budget / 2**20:.0f} MiB (set CALLIC_DECODER_MEMORY to a number of bytes to "
+            "raise it, or encode with fewer patches per stream)"
+        )
+
+
 def _code_step(coders: list, counts: list[int], params: torch.Tensor, pixels: torch.Tensor, k: int, luts) -> None:
     """Code one step's R, G, B symbols: ``params``/``pixels`` hold the real rows of consecutive
     segments, ``counts[i]`` of them for ``coders[i]``. Encoders read ``pixels``; decoders fill them in.
@@ -78,13 +111,20 @@ def _code_step(coders: list, counts: list[int], params: torch.Tensor, pixels: to
 
 
 def _segment_groups(seg_ranges: list[range], max_patches: int) -> list[list[int]]:
-    """Consecutive segments batched together, up to ``max_patches`` patches (at least one segment)."""
+    """Consecutive segments batched together, up to ``max_patches`` patches (at least one segment).
+
+    The first batch is one segment and each next one holds at most twice the patches of the one
+    before: the first step of a batch costs in proportion to its size, so a file whose streams run
+    out at once fails after one segment's work, not after a whole budget's."""
     groups: list[list[int]] = []
+    limit = 0
     for i, seg in enumerate(seg_ranges):
-        if groups and seg.stop - seg_ranges[groups[-1][0]].start <= max_patches:
+        if groups and seg.stop - seg_ranges[groups[-1][0]].start <= limit:
             groups[-1].append(i)
-        else:
-            groups.append([i])
+            continue
+        if groups:
+            limit = min(max_patches, 2 * (seg_ranges[groups[-1][-1]].stop - seg_ranges[groups[-1][0]].start))
+        groups.append([i])
     return groups
 
 
@@ -92,8 +132,8 @@ def _batches(height: int, width: int, model: ExactMGCF, per_stream: int, max_pat
     """Yield (patch range, real-pixel masks, per-segment local slices, segment indices) per batch."""
     p = model.cfg.patch
     seg_ranges = segments(math.ceil(height / p) * math.ceil(width / p), per_stream)
-    if max_patches is None:
-        max_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
+    budget_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
+    max_patches = budget_patches if max_patches is None else min(max_patches, budget_patches)
     for group in _segment_groups(seg_ranges, max_patches):
         first = seg_ranges[group[0]].start
         batch = range(first, seg_ranges[group[-1]].stop)
@@ -118,9 +158,11 @@ def encode_rgb(
     timings: dict[str, float] | None = None,
 ) -> list[bytes]:
     """One parallel pass per batch of segments, then every step's symbols into each segment's stream.
-    ``timings`` (if given) accumulates seconds in ``exact_pass_s`` and ``coding_s``."""
+    ``timings`` (if given) accumulates seconds in ``exact_pass_s`` and ``coding_s``. Layouts that a
+    decoder with the default budget would refuse are refused here (``UnsupportedError``)."""
     p, k = model.cfg.patch, model.cfg.mixtures
     h, w, _ = pixels.shape
+    check_segment_memory(h, w, model, per_stream, min(DECODER_BATCH_BYTES, DEFAULT_DECODER_MEMORY))
     patches = patchify(pixels, p)
     streams = []
     clock = timings if timings is not None else {}
@@ -153,7 +195,13 @@ def decode_rgb(
     expected = stream_count(height, width, p, per_stream)
     if len(streams) != expected:
         raise CorruptFileError(f"expected {expected} streams, found {len(streams)}")
-    out = torch.full((nh * nw, p, p, 3), 128, dtype=torch.uint8)
+    check_segment_memory(height, width, model, per_stream, DECODER_BATCH_BYTES)
+    for i, stream in enumerate(streams):
+        if not stream or len(stream) % 4:
+            raise CorruptFileError(f"stream {i} holds {len(stream)} bytes: not a whole number of 32-bit words >= 1")
+    # Untouched pages cost nothing: a file that fails early never fills this. Every real pixel is
+    # written below; padding is cropped away.
+    out = torch.empty((nh * nw, p, p, 3), dtype=torch.uint8)
     for batch, mask, local, group in _batches(height, width, model, per_stream, max_patches):
         coders = [Decoder(streams[i]) for i in group]
         state = model.step_decoder(len(batch))

@@ -9,13 +9,20 @@ A model file holds three groups of tensors and its configuration in the safetens
 
 A ``.cllc`` file names the SHA-256 of the whole model file; ``find_model`` looks for
 ``mgcf-<first 16 hex digits>.safetensors`` in ``$CALLIC_MODEL_PATH`` (colon-separated folders),
-then ``~/.cache/callic/models``, then the models shipped in the package, and checks the full hash.
+then ``~/.cache/callic/models``, then the models shipped in the package, and takes the first whose
+full hash matches (a file of the right name but another hash is skipped, with a warning).
+
+Loading checks everything a decoder relies on before using it: a regular file of at most
+``MAX_MODEL_BYTES``, the configuration, every tensor's name, shape and type against what the
+configuration implies, and the exactness bound of every integer layer (its worst-case accumulator
+stays below 2**53, as checked when the model was saved; ``codec.fixedpoint.check_bounds``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,17 +35,23 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from codec.config import MGCFConfig
-from codec.errors import CorruptFileError, ModelNotFoundError
+from codec.container import read_regular_file
+from codec.errors import CallicError, CorruptFileError, ModelNotFoundError
 from codec.exact import ExactMGCF
-from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts
+from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts, check_bounds
 from codec.mgcf import MGCF
 from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
 from codec.quantize import exact_tensors
+from codec.wavefront import kernel_offsets
 
 FORMAT = "callic-mgcf"
 FORMAT_VERSION = "1"
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL_FILE = PACKAGE_MODELS / "DEFAULT"
+MAX_MODEL_BYTES = 1 << 30  # the shipped models are 7 to 13 MB; the paper's CCA model ~150 MB
+LUT_LIMIT = 1 << 25  # every table value (``build_luts``) is below 2**25
+EXACT_LIMIT = 1 << 53  # integers beyond it do not survive float64
+log = logging.getLogger(__name__)
 
 
 def model_dirs() -> list[Path]:
@@ -107,35 +120,135 @@ class ModelFile:
         return ExactMGCF(self.cfg, self.group("exact"), self.group("lut"), device)
 
 
-def parse_model(data: bytes, expected: bytes | None = None) -> ModelFile:
-    digest = hashlib.sha256(data).digest()
-    if expected is not None and digest != expected:
-        raise ModelNotFoundError(f"model file hash {digest.hex()[:16]} is not the requested {expected.hex()[:16]}")
+def read_safetensors(data: bytes, fmt: str, version: str, source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of a safetensors file of format ``fmt`` v``version``, or
+    ``CorruptFileError`` naming ``source``."""
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    except Exception as exc:
-        raise CorruptFileError(f"not a safetensors model file: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(f"not a {FORMAT} v{FORMAT_VERSION} model file")
-    return ModelFile(digest, MGCFConfig.from_json(meta["config"]), tensors)
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors raises its own error types on any malformed header
+        raise CorruptFileError(f"{source} is not a safetensors model file: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("format_version") != version:
+        raise CorruptFileError(f"{source} is not a {fmt} v{version} model file")
+    return tensors, meta
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:
+    """Refuse a model file whose tensors are not exactly the ones its configuration implies."""
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CorruptFileError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise CorruptFileError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, not {shape}")
+
+
+def _exact_shape(name: str, shape: tuple[int, ...], cfg: MGCFConfig) -> tuple[int, ...]:
+    """Shape of the integer twin (``codec.quantize``) of float tensor ``name``."""
+    if name == "embed.weight":  # (out, in, 3, 3) -> (visible taps * in, out)
+        return (len(kernel_offsets(3, strict=True)) * shape[1], shape[0])
+    if name.endswith("dw.weight"):  # depth-wise (C, 1, k, k) -> (visible taps, C)
+        return (len(kernel_offsets(cfg.kernel, strict=False)), shape[0])
+    return shape[::-1] if len(shape) == 2 else shape  # linear layers multiply from the left
+
+
+@lru_cache(maxsize=1)
+def _lut_shapes() -> dict[str, tuple[int, ...]]:
+    return {f"lut.{k}": tuple(v.shape) for k, v in build_luts(LOG_SCALE_MIN, LOG_SCALE_MAX).items()}
+
+
+def _expected_shapes(cfg: MGCFConfig, tensor_count: int, source: str) -> dict[str, tuple[int, ...]]:
+    if cfg.depth > tensor_count:  # before building even a shapeless model of that depth
+        raise CorruptFileError(f"{source}: configuration of depth {cfg.depth} with {tensor_count} tensors")
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated, however large the configuration
+            state = {k: tuple(v.shape) for k, v in MGCF(cfg).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a width of 16.5
+        raise CorruptFileError(f"{source}: bad configuration {cfg}: {exc}") from exc
+    out = {f"float.{k}": v for k, v in state.items()}
+    out |= {f"exact.{k}": _exact_shape(k, v, cfg) for k, v in state.items()}
+    return out | _lut_shapes()
+
+
+def _check_values(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Types and the exactness bounds: a decoder must never run integer layers that could round."""
+    for name, t in tensors.items():
+        want_float = name.startswith("float.")
+        if (t.dtype == torch.float32) != want_float or (not want_float and t.dtype not in (torch.int32, torch.int64)):
+            raise CorruptFileError(f"{source}: tensor {name} is {t.dtype}")
+        if want_float and not bool(torch.isfinite(t).all()):
+            raise CorruptFileError(f"{source}: tensor {name} holds NaN or infinity")
+        limit = LUT_LIMIT if name.startswith("lut.") else EXACT_LIMIT
+        if not want_float and t.numel() and (int(t.max()) >= limit or int(t.min()) <= -limit):
+            raise CorruptFileError(f"{source}: tensor {name} holds values of 2**{limit.bit_length() - 1} or more")
+    for name, weight in tensors.items():
+        if name.startswith("exact.") and name.endswith(".weight") and ".norm" not in name:
+            try:
+                check_bounds(weight.double(), tensors[name[: -len("weight")] + "bias"].double(), (0,))
+            except ValueError as exc:
+                raise CorruptFileError(f"{source}: layer {name[6:-7]}: {exc}") from exc
+
+
+def parse_model(data: bytes, expected: bytes | None = None, source: str = "model file") -> ModelFile:
+    """A model file's bytes -> ``ModelFile``, every tensor checked; ``CorruptFileError`` naming
+    ``source`` (``ModelNotFoundError`` when it is not the ``expected`` hash)."""
+    digest = hashlib.sha256(data).digest()
+    if expected is not None and digest != expected:
+        raise ModelNotFoundError(f"{source} has hash {digest.hex()[:16]}, not the requested {expected.hex()[:16]}")
+    tensors, meta = read_safetensors(data, FORMAT, FORMAT_VERSION, source)
+    try:
+        cfg = MGCFConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CorruptFileError(f"{source}: bad configuration: {exc}") from exc
+    check_tensors(tensors, _expected_shapes(cfg, len(tensors), source), source)
+    _check_values(tensors, source)
+    return ModelFile(digest, cfg, tensors)
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """A model file's bytes: ``ModelNotFoundError`` if there is none, ``CorruptFileError`` if it is
+    not a regular file (``/dev/zero``) or is larger than ``MAX_MODEL_BYTES``."""
+    try:
+        return read_regular_file(path, MAX_MODEL_BYTES)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ModelNotFoundError(f"model file {path} does not exist") from exc
 
 
 def load_model_file(path: str | Path) -> ModelFile:
-    return parse_model(Path(path).read_bytes())
+    return parse_model(read_model_bytes(path), source=str(path))
+
+
+def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
+    """The first file called ``name`` in ``model_dirs()`` whose SHA-256 is ``digest``, and its
+    bytes. Files of that name with another hash (a stale or decoy copy) are skipped and named in
+    the ``ModelNotFoundError`` when none matches."""
+    skipped = []
+    for d in model_dirs():
+        path = d / name
+        if not path.exists():
+            continue
+        try:
+            data = read_model_bytes(path)
+        except (OSError, CallicError) as exc:
+            skipped.append(f"{path} ({exc})")
+            log.warning("skipped model file %s: %s", path, exc)
+            continue
+        actual = hashlib.sha256(data).hexdigest()
+        if actual == digest.hex():
+            return path, data
+        skipped.append(f"{path} (its hash is {actual[:16]})")
+        log.warning("skipped model file %s: its hash is %s, not %s", path, actual[:16], digest.hex()[:16])
+    searched = ", ".join(str(d) for d in model_dirs())
+    raise ModelNotFoundError(
+        f"model {digest.hex()[:16]}… is not installed (looked in {searched}"
+        + (f"; skipped {', '.join(skipped)}" if skipped else "")
+        + f"); put {name} in one of those folders or in $CALLIC_MODEL_PATH"
+    )
 
 
 def find_model(digest: bytes) -> Path:
-    name = file_name(digest)
-    for d in model_dirs():
-        if (d / name).is_file():
-            return d / name
-    searched = ", ".join(str(d) for d in model_dirs())
-    raise ModelNotFoundError(
-        f"model {digest.hex()[:16]}… is not installed (looked in {searched}); "
-        f"put {name} in one of those folders or in $CALLIC_MODEL_PATH"
-    )
+    return find_by_hash(digest, file_name(digest))[0]
 
 
 def default_model_path() -> Path:
@@ -147,4 +260,5 @@ def default_model_path() -> Path:
 @lru_cache(maxsize=4)
 def exact_model_by_hash(digest: bytes, device: str) -> ExactMGCF:
     """The exact model a file names, loaded once per process and device."""
-    return parse_model(find_model(digest).read_bytes(), expected=digest).exact_model(device)
+    path, data = find_by_hash(digest, file_name(digest))
+    return parse_model(data, expected=digest, source=str(path)).exact_model(device)

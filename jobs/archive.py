@@ -21,7 +21,7 @@ from codec.errors import CallicError
 from jobs.archivecodec import CODECS, ArchiveCodecFactory, CodecSettings
 from jobs.imagefiles import IMAGE_SUFFIXES
 from pipeline import cluster, driver, events, job, manifest, restore, status
-from pipeline.storage import Store, redact
+from pipeline.storage import MAX_SOURCE_BYTES, READ_TIMEOUT_S, Store, redact
 
 EXIT_SOME_FAILED = 10
 ARCHIVE_SUFFIXES = (*IMAGE_SUFFIXES, ".gif", ".pnm", ".pbm", ".jxl")
@@ -76,6 +76,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
     options = storage_options(args.storage_options)
     if args.shard_size < 1 or args.steps < 0 or args.max_attempts < 1:
         raise UsageError("--shard-size and --max-attempts must be >= 1, --steps >= 0")
+    if args.max_source_bytes < 1 or args.read_timeout <= 0:
+        raise UsageError("--max-source-bytes and --read-timeout must be > 0")
     job_id = job.check_job_id(args.job_id or job.new_job_id())
     dst = Store(args.dst, options)
     dst.check_writable()  # before any work: a missing bucket or read-only folder fails here
@@ -108,8 +110,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
         code_version=_code_version(),
         n_images=len(items),
         n_shards=(len(items) + args.shard_size - 1) // args.shard_size,
+        max_source_bytes=args.max_source_bytes,
+        read_timeout_s=args.read_timeout,
     )
-    job.create(job_store, spec, job.shards_table(items, args.shard_size))
+    spec = job.create(job_store, spec, job.shards_table(items, args.shard_size))
     events.emit(
         "job_created",
         job=job_id,
@@ -186,6 +190,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = storage_options(args.storage_options)
     archive, out = Store(args.archive, options), Store(args.out, options)
     settings = CodecSettings(model=args.model)
+    if args.model:
+        codec.load_model(args.model)  # a missing or damaged --model fails here, not in every worker
     cluster.connect(args.address)
     s = restore.run(
         archive,
@@ -195,6 +201,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         args.workers,
         args.gpus_per_worker,
         show_progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     if not args.quiet:
         print(
@@ -254,6 +261,18 @@ def add_parsers(sub: Any) -> None:
     )
     pack.add_argument("--no-pack", dest="pack", action="store_false", help="one object per image (default on disk)")
     p.add_argument("--no-verify", action="store_true", help="skip decoding each file before storing it")
+    p.add_argument(
+        "--max-source-bytes",
+        type=int,
+        default=MAX_SOURCE_BYTES,
+        help=f"larger sources are failed rows (default {MAX_SOURCE_BYTES}); only regular files are read",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=READ_TIMEOUT_S,
+        help=f"seconds per object-store read before its image fails (default {READ_TIMEOUT_S:g})",
+    )
     _common(p)
     p.set_defaults(func=cmd_archive)
 
@@ -273,5 +292,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("out", help="folder or fsspec URL to write the images into, under their original names")
     p.add_argument("--match", help="only source keys matching this glob (e.g. 'cats/*.png')")
     p.add_argument("--model", help="model file, if the one the files name is not installed")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUT that differ (default: refuse them)")
     _common(p)
     p.set_defaults(func=cmd_restore)

@@ -17,9 +17,13 @@ What is stored for a source file:
   every other image stays lossless. A lossy row's pixel hash is that of the reconstruction, which
   is what a restore writes back (and checks).
 
-Before a ``.cllc`` is accepted, writing the source's pixels back in its format and reading them
-again must give the same pixels (so a restore cannot silently change a pixel), and with
-``verify`` the ``.cllc`` is decoded on the CPU and checked against the pixel hash.
+Before a ``.cllc`` is accepted, the file a restore would write must hold exactly what the source
+holds as seen by *independent* readers (``codec.sourcecheck``: libpng, libtiff, imagecodecs' BMP
+decoder and our own PNM parser, not the Pillow path that made the raster): the same sample dtype,
+shape and values, one frame, and the same metadata. Anything else (a 16-bit or maxval-1000 PPM
+our reader would cut, a uint32 or int16 TIFF, planar or extra-sample layouts Pillow misreads,
+metadata the writer would drop) is passed through. With ``verify`` the ``.cllc`` is also decoded
+on the CPU and checked against the pixel hash.
 """
 
 from __future__ import annotations
@@ -32,13 +36,14 @@ from typing import Any
 
 import imagecodecs
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import codec
+from codec import sourcecheck
 from codec.api import EncodeReport, encode_many
-from codec.errors import CallicError, UnsupportedError, VerificationError
-from codec.images import from_pil, read_image, write_image_bytes
-from codec.raster import Raster, pixel_hash
+from codec.errors import ImageReadError, UnsupportedError, VerificationError
+from codec.images import InexactReadError, read_image, write_image_bytes
+from codec.raster import Raster, hash_of_version, raster_hash
 from codec.rpft import AdaptConfig
 from pipeline.items import Encoded, Resources
 
@@ -99,7 +104,7 @@ class ArchiveCodec:
         to_code: list[tuple[int, Raster, str]] = []
         for i, (_key, data) in enumerate(items):
             try:
-                kind = self._classify(data)
+                kind = self._classify(_key, data)
                 if isinstance(kind, Encoded):
                     out[i] = kind
                 else:
@@ -121,32 +126,33 @@ class ArchiveCodec:
                 out[i] = result if isinstance(result, BaseException) else self._fields(result, raster, fmt)
         return out  # type: ignore[return-value]
 
-    def _classify(self, data: bytes) -> Encoded | tuple[Raster, str]:
-        """Passthrough (an Encoded) or (pixels, format) to code."""
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, frames = im.format or "", getattr(im, "n_frames", 1)
+    def _classify(self, key: str, data: bytes) -> Encoded | tuple[Raster, str]:
+        """Passthrough (an Encoded) or (pixels, format) to code. ``read_image`` refuses, with
+        ``InexactReadError``, what it cannot give back exactly under the independent readers."""
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, frames = im.format or "", getattr(im, "n_frames", 1)
+        except UnidentifiedImageError as exc:
+            try:  # e.g. a float64 or planar TIFF that libtiff reads and Pillow does not
+                fmt = sourcecheck.facts(data).fmt
+            except sourcecheck.Unverifiable:
+                raise ImageReadError(
+                    f"cannot read image {key}: not an image file callic reads (Pillow: {type(exc).__name__})"
+                ) from None
+            return self._passthrough(data, fmt)
         if fmt == "JPEG" and self.settings.jpeg == "jxl":
             return self._jpeg_jxl(data)
         if fmt not in WRITABLE or frames > 1:
             return self._passthrough(data, fmt)
-        raster = read_image(data)
         try:
-            again = read_image(write_image_bytes(raster, fmt))
-            same = again.pixels.dtype == raster.pixels.dtype and np.array_equal(again.pixels, raster.pixels)
-        except CallicError:
-            same = False
-        if not same:
-            return self._passthrough(data, fmt, raster)
+            raster = read_image(data, name=key)
+        except InexactReadError:
+            return self._passthrough(data, fmt)
         return raster, fmt
 
-    def _passthrough(self, data: bytes, fmt: str, raster: Raster | None = None) -> Encoded:
-        if raster is None:
-            # Pixel facts for the manifest, when Pillow can read the file at all.
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                raster = from_pil(im)
-        fields = {**_pixel_fields(raster), "codec": "passthrough", "format": fmt, "steps": 0, "adapter_bytes": 0}
-        fields["bpsp"] = 8 * len(data) / raster.pixels.size
+    def _passthrough(self, data: bytes, fmt: str) -> Encoded:
+        fields = {**_source_fields(data), "codec": "passthrough", "format": fmt, "steps": 0, "adapter_bytes": 0}
+        fields["bpsp"] = 8 * len(data) / max(1, fields.pop("samples"))
         fields["pixel_hash"] = None
         return Encoded(data, "", fields)
 
@@ -216,7 +222,7 @@ class ArchiveCodec:
             "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
             "verify_s": report.timings.get("verify_s"),
-            "pixel_hash": codec.info(blob)["pixel_sha256"] if lossy else pixel_hash(raster.pixels).hex(),
+            "pixel_hash": codec.info(blob)["pixel_sha256"] if lossy else raster_hash(raster).hex(),
             "model_hash": self.model_hash if learned else self.lossy.digest.hex() if lossy else None,
         }
         return Encoded(blob, ".cllc", fields)
@@ -230,9 +236,37 @@ class ArchiveCodec:
                 raise VerificationError(f"{row['source_key']}: restored bytes do not match the source's SHA-256")
             return data
         raster = codec.decode(blob, model=self.cpu_model if self.device == "cpu" else self.model)
-        if pixel_hash(raster.pixels).hex() != row["pixel_hash"]:
-            raise VerificationError(f"{row['source_key']}: decoded pixels do not match the manifest's pixel hash")
+        # The manifest holds the hash of the blob's format version: v1 of the pixels, v2 of the image.
+        version = codec.info(blob)["format_version"]
+        if hash_of_version(raster, version).hex() != row["pixel_hash"]:
+            raise VerificationError(f"{row['source_key']}: decoded image does not match the manifest's pixel hash")
+        wrong = [f"{k} {v!r} (manifest: {row.get(k)!r})" for k, v in _pixel_fields(raster).items() if row.get(k) != v]
+        if wrong:
+            raise VerificationError(f"{row['source_key']}: decoded image differs from the manifest: {', '.join(wrong)}")
         return write_image_bytes(raster, row["format"])
+
+
+def _source_fields(data: bytes) -> dict[str, Any]:
+    """Pixel facts of a passed-through file for the manifest: the independent reader's sizes where
+    it reads the file (Pillow misreads some layouts), else Pillow's, else unknown."""
+    mode, size = None, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode, size = im.mode, (im.height, im.width, len(im.getbands()))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        pass
+    try:
+        px = sourcecheck.facts(data).pixels
+        height, width, channels = px.shape[0], px.shape[1], 1 if px.ndim == 2 else px.shape[2]
+        depth, raw = 1 if px.dtype == np.bool_ else px.dtype.itemsize * 8, int(px.nbytes)
+    except sourcecheck.Unverifiable:
+        if size is None:
+            raise ImageReadError("cannot read the image's size") from None
+        height, width, channels = size
+        depth = 1 if mode == "1" else 16 if mode and mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
+        raw = height * width * channels * max(1, depth // 8)
+    fields = {"width": width, "height": height, "mode": mode, "bit_depth": depth, "raw_bytes": raw}
+    return fields | {"samples": height * width * channels}
 
 
 def _pixel_fields(raster: Raster) -> dict[str, Any]:

@@ -11,21 +11,23 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import codec
 from codec import rpft
+from codec.container import read_cllc
 from codec.errors import CallicError
 from codec.images import image_format, read_image, write_image_bytes
 from jobs import archive, bench, datasets, train
 from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.runtime import setup_torch
+from pipeline.storage import redact
 
 EXIT_USAGE = 64
 DEFAULT_STEPS = 10
+THREADS_HELP = "torch CPU threads (default: $OMP_NUM_THREADS, else the cores this process may use; see README)"
 
 
 def print_report(report: codec.api.EncodeReport, samples: int) -> None:
@@ -109,7 +111,7 @@ def cmd_decode(args) -> int:
     setup_torch(args.threads, "cpu")
     fmt = image_format(args.output)  # refuse an unknown output format before decoding
     start = time.perf_counter()
-    data = Path(args.input).read_bytes()
+    data = read_cllc(args.input)
     model = lossy = None
     if args.model and codec.info(data)["coder"] == "cca":
         from codec.lossy.api import load_lossy_model
@@ -127,7 +129,7 @@ def cmd_decode(args) -> int:
 
 
 def cmd_info(args) -> int:
-    print(json.dumps(codec.info(Path(args.input).read_bytes()), indent=2))
+    print(json.dumps(codec.info(read_cllc(args.input)), indent=2))
     return 0
 
 
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="compress an image file to .cllc")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--threads", type=int, help="torch CPU threads (the file does not depend on it)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--verify", action="store_true", help="decode on the CPU and compare before writing")
     p.add_argument("--model", help="model file (.safetensors); default: the shipped model")
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decompress a .cllc file to PNG, TIFF, PPM or BMP")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--model", help="model file, if the one the file names is not installed")
     p.set_defaults(func=cmd_decode)
 
@@ -190,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CallicError as exc:
-        print(f"callic: error: {exc}", file=sys.stderr)
+        print(f"callic: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"callic: error: {exc}", file=sys.stderr)
+        print(f"callic: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. disk full while writing
-        print(f"callic: error: {exc}", file=sys.stderr)
+        print(f"callic: error: {redact(str(exc))}", file=sys.stderr)
         return 1
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
 from codec.errors import CallicError
+from pipeline.cores import available_cores
 from pipeline.items import CodecFactory, Resources
 from pipeline.shard import ShardResult, ShardTask, run_shard, worker_name
 from pipeline.storage import Store
@@ -30,15 +32,22 @@ class ClusterError(CallicError):
 
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` ("auto", "ray://host:10001", "host:6379"), or start a
-    local one. Ray's own log lines stay out of the terminal unless something goes wrong."""
+    local one. Ray's own log lines stay out of the terminal unless something goes wrong.
+
+    A local cluster gets the cores this process really has (Ray counts the machine's, ignoring CPU
+    affinity), so that workers x threads never exceeds them; workers on a remote cluster get
+    ``OMP_WAIT_POLICY`` (sleeping OpenMP threads: see ``jobs/runtime.py``) as a job environment
+    variable, local ones inherit it."""
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
     if address:
         kwargs["address"] = address
+        kwargs["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
     else:
         kwargs["include_dashboard"] = False
+        kwargs["num_cpus"] = available_cores()
     ray.init(**kwargs)
 
 
@@ -55,20 +64,27 @@ class Plan:
 
 def plan(workers: int | None, gpus_per_worker: float) -> Plan:
     """How many actors, with what. With GPUs: one actor per ``gpus_per_worker`` GPUs, each with
-    its node's CPUs shared among that node's GPU actors. Without: by default one actor per node,
-    with the node's cores as threads; ``workers`` actors split the cores when given. No actor asks
-    for more CPUs than one node has, so every actor can be placed."""
+    its node's CPUs shared among that node's GPU actors. Without: by default one actor per node
+    that has CPUs, with the node's cores as threads; ``workers`` actors split the cores when given,
+    at most one actor per core. No actor asks for more CPUs than one node has, so every actor can
+    be placed, and as each actor runs as many threads as it has CPUs, no node runs more threads
+    than it has cores."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not nodes:
         raise ClusterError("the Ray cluster has no live node")
-    node_cpus = [int(r.get("CPU", 0)) for r in nodes]
+    node_cpus = [int(r.get("CPU", 0)) for r in nodes if int(r.get("CPU", 0)) >= 1]
     gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= gpus_per_worker > 0]
     if gpu_nodes:
         per_node = [max(1, int(r["GPU"] // gpus_per_worker)) for r in gpu_nodes]
         n = workers or sum(per_node)
         cpus = min(max(1, int(r.get("CPU", 1)) // k) for r, k in zip(gpu_nodes, per_node, strict=True))
         return Plan(n, gpus_per_worker, cpus)
-    n = workers or len(nodes)
+    if not node_cpus:
+        raise ClusterError("the Ray cluster has no node with CPUs for workers")
+    n = workers or len(node_cpus)
+    if n > sum(node_cpus):
+        log.warning("%d workers asked for, the cluster has %d CPUs: using %d", n, sum(node_cpus), sum(node_cpus))
+        n = sum(node_cpus)
     cpus = max(1, min(sum(node_cpus) // n, max(node_cpus)))
     return Plan(n, 0.0, cpus)
 
@@ -140,6 +156,28 @@ class _Progress:
 ShardWorker = ray.remote(_ShardWorker)
 CodecHolder = ray.remote(_CodecHolder)
 Progress = ray.remote(num_cpus=0)(_Progress)
+PROGRESS_TIMEOUT_S = 5.0
+
+
+class ProgressCounts:
+    """The driver's side of the ``Progress`` actor. Ray may kill that actor like any other (memory
+    pressure, its node lost), and it only feeds the progress bar, so losing it must never stop a
+    job: from then on the bar shows the counts of finished shards instead (workers' updates to a
+    dead actor are dropped by Ray without harm)."""
+
+    def __init__(self) -> None:
+        self.actor = Progress.remote()
+        self.lost = False
+
+    def counts(self, fallback: tuple[int, int]) -> tuple[int, int]:
+        """(ok, failed) from the actor, or ``fallback`` once it is lost or does not answer."""
+        if not self.lost:
+            try:
+                return ray.get(self.actor.counts.remote(), timeout=PROGRESS_TIMEOUT_S)
+            except RayError as exc:  # GetTimeoutError is one too
+                self.lost = True
+                log.warning("progress counter lost (%s): counting finished shards instead", type(exc).__name__)
+        return fallback
 
 
 def actor_options(p: Plan) -> dict[str, Any]:

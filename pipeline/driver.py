@@ -24,7 +24,7 @@ from pipeline.items import CodecFactory, Resources
 from pipeline.job import JobSpec
 from pipeline.progress import ProgressBar
 from pipeline.shard import ShardResult, ShardTask, failed_rows
-from pipeline.storage import Store
+from pipeline.storage import Store, redact
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,16 @@ def pending_tasks(spec: JobSpec, sources: pa.Table, rows: pa.Table) -> list[Shar
         if key not in ok and tries.get(key, 0) < spec.max_attempts:
             by_shard.setdefault(shard, []).append(key)
     return [
-        ShardTask(spec.job_id, shard, keys, {k: tries.get(k, 0) + 1 for k in keys}, spec.pack, spec.verify)
+        ShardTask(
+            spec.job_id,
+            shard,
+            keys,
+            {k: tries.get(k, 0) + 1 for k in keys},
+            spec.pack,
+            spec.verify,
+            spec.max_source_bytes,
+            spec.read_timeout_s,
+        )
         for shard, keys in sorted(by_shard.items())
     ]
 
@@ -82,10 +91,12 @@ def run(
     p = cluster.Plan(min(p.workers, len(tasks)), p.gpus_per_worker, p.cpus_per_worker)
     summary.workers = p.workers
     resources = Resources(p.device, p.cpus_per_worker)
-    progress = cluster.Progress.remote()
+    progress = cluster.ProgressCounts()
 
     def new_actor() -> Any:
-        return cluster.ShardWorker.options(**cluster.actor_options(p)).remote(factory, src, job, resources, progress)
+        return cluster.ShardWorker.options(**cluster.actor_options(p)).remote(
+            factory, src, job, resources, progress.actor
+        )
 
     events.emit(
         "job_run", job=spec.job_id, shards=len(tasks), images=summary.images, workers=p.workers, device=p.device
@@ -104,7 +115,7 @@ def run(
                     task = queue.popleft()
                     inflight[actors[slot].run.remote(task)] = (task, slot)
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            bar.update(*ray.get(progress.counts.remote()))
+            bar.update(*progress.counts((summary.ok, summary.failed)))
             for ref in done:
                 task, slot = inflight.pop(ref)
                 try:
@@ -150,7 +161,7 @@ def run(
         bar.close()
         for actor in actors:
             ray.kill(actor)
-        ray.kill(progress)
+        ray.kill(progress.actor)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -164,4 +175,5 @@ def finish(job: Store) -> pa.Table:
 
 def _cause(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:500]
+    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
+    return redact(f"{type(cause).__name__}: {text}")[:500]

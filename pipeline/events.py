@@ -2,7 +2,8 @@
 
 Each event is a log record carrying a name and fields; ``JsonFormatter`` writes one JSON object
 per line (for log collectors), ``TextFormatter`` a readable ``event key=value`` line. The CLI
-picks one. Never put credentials in an event: stores are named by their redacted URL.
+picks one. Never put credentials in an event: stores are named by their redacted URL, and both
+formatters redact every URL in a message or field once more (an error text may quote one).
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ import json
 import logging
 from typing import Any
 
+from pipeline.storage import redact
+
 logger = logging.getLogger("callic.events")
 
 
 def emit(event: str, level: int = logging.INFO, **fields: Any) -> None:
     logger.log(level, event, extra={"event": event, "fields": fields})
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in getattr(record, "fields", {}).items()}
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,20 +32,19 @@ class JsonFormatter(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "event": getattr(record, "event", None) or "log",
-            **getattr(record, "fields", {}),
+            **_fields(record),
         }
         if not hasattr(record, "event"):
-            out["message"] = record.getMessage()
+            out["message"] = redact(record.getMessage())
             out["logger"] = record.name
         return json.dumps(out, default=str)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None)
-        if fields is None:
-            return f"{record.levelname.lower()}: {record.getMessage()}"
-        return " ".join([record.getMessage(), *(f"{k}={v}" for k, v in fields.items())])
+        if getattr(record, "fields", None) is None:
+            return f"{record.levelname.lower()}: {redact(record.getMessage())}"
+        return " ".join([redact(record.getMessage()), *(f"{k}={v}" for k, v in _fields(record).items())])
 
 
 def configure(json_lines: bool, verbose: bool) -> None:

@@ -1,14 +1,22 @@
 """A job's folder under DST: its settings and its frozen list of sources.
 
 ``DST/JOB/job.json`` holds every setting (codec settings, model hash, code version, SRC, shard
-size...) and ``DST/JOB/sources.parquet`` the images in shards, listed once when the job starts.
-Freezing the listing makes shards stable: a resume processes exactly the images the job started
-with, even if SRC changed since, and needs nothing but DST. ``job.json`` is written last, so a
-folder with it is a complete job. Credentials are never written here.
+size...) and ``DST/JOB/sources-<token>.parquet`` (named by ``job.json``; ``sources.parquet`` in
+jobs of spec version 1) the images in shards, listed once when the job starts. Freezing the
+listing makes shards stable: a resume processes exactly the images the job started with, even if
+SRC changed since, and needs nothing but DST.
+
+Creating a job is atomic: the sources list goes under a name of its own first, then ``job.json``
+is written once (``Store.write_once``: a hard link or a conditional put). Of many processes
+creating one job, exactly one wins; the others remove their own sources file and change nothing
+the winner wrote. A folder with ``job.json`` is a complete job. Credentials are never written
+here: SRC and DST are stored without user:password parts or secret query parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -22,11 +30,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codec.errors import CallicError
-from pipeline.storage import Store, redact
+from pipeline.storage import (
+    MAX_SOURCE_BYTES,
+    READ_TIMEOUT_S,
+    ExistsError,
+    StorageError,
+    Store,
+    redact,
+    strip_credentials,
+)
 
 SPEC = "job.json"
-SOURCES = "sources.parquet"
-SPEC_VERSION = 1
+SOURCES = "sources.parquet"  # the sources list of version-1 jobs
+SOURCES_NAME = re.compile(r"^sources(-[0-9a-f]{1,32})?\.parquet$")
+SPEC_VERSION = 2  # 2: the sources list is named in the spec (``sources``)
+READ_VERSIONS = (1, 2)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 GLOB_CHARS = "*?["
 
@@ -54,6 +72,13 @@ class JobSpec:
     n_shards: int = 0
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     version: int = SPEC_VERSION
+    sources: str = SOURCES  # the file under the job folder listing the sources
+    max_source_bytes: int = MAX_SOURCE_BYTES  # larger sources are failed rows
+    read_timeout_s: float = READ_TIMEOUT_S  # per object-store read attempt
+
+    def __post_init__(self) -> None:
+        # Whoever builds a spec, what is stored and printed from it carries no credentials.
+        self.src, self.dst = strip_credentials(self.src), strip_credentials(self.dst)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -61,9 +86,15 @@ class JobSpec:
     @classmethod
     def from_json(cls, data: bytes) -> JobSpec:
         raw = json.loads(data)
-        if raw.get("version") != SPEC_VERSION:
-            raise JobError(f"job spec version {raw.get('version')} is not supported (this is {SPEC_VERSION})")
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        if raw.get("version") not in READ_VERSIONS:
+            raise JobError(f"job spec version {raw.get('version')} is not supported (this reads {READ_VERSIONS})")
+        spec = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        if not isinstance(spec.sources, str) or not SOURCES_NAME.match(spec.sources):
+            raise JobError(f"job {spec.job_id}: {SPEC} names {spec.sources!r} as its sources list")
+        limits = (spec.max_source_bytes, spec.read_timeout_s)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits):
+            raise JobError(f"job {spec.job_id}: {SPEC} has source limits {limits}: they must be positive numbers")
+        return spec
 
 
 def new_job_id() -> str:
@@ -118,14 +149,24 @@ def shards_table(items: list[tuple[str, int]], shard_size: int) -> pa.Table:
     )
 
 
-def create(job: Store, spec: JobSpec, sources: pa.Table) -> None:
-    """Write the job folder; refuses a job id that exists already."""
+def create(job: Store, spec: JobSpec, sources: pa.Table) -> JobSpec:
+    """Write the job folder and return the spec as written (naming its sources file); refuses a
+    job id that exists already, also when another process creates it at the same moment: then
+    this call removes only its own sources file and raises ``JobError``."""
+    exists = JobError(f"job {spec.job_id} exists already in {redact(spec.dst)}: use `callic resume`")
     if job.exists(SPEC):
-        raise JobError(f"job {spec.job_id} exists already in {redact(spec.dst)}: use `callic resume`")
+        raise exists
+    spec = dataclasses.replace(spec, sources=f"sources-{uuid.uuid4().hex[:16]}.parquet", version=SPEC_VERSION)
     buf = io.BytesIO()
     pq.write_table(sources, buf)
-    job.write(SOURCES, buf.getvalue())
-    job.write_once(SPEC, spec.to_json())
+    job.write_once(spec.sources, buf.getvalue())
+    try:
+        job.write_once(SPEC, spec.to_json())
+    except ExistsError:
+        with contextlib.suppress(StorageError):  # left behind, it is unreferenced and harmless
+            job.delete(spec.sources)
+        raise exists from None
+    return spec
 
 
 def load(job: Store) -> tuple[JobSpec, pa.Table]:
@@ -133,9 +174,11 @@ def load(job: Store) -> tuple[JobSpec, pa.Table]:
         spec = JobSpec.from_json(job.read(SPEC))
     except FileNotFoundError:
         raise JobError(f"{redact(job.url)} is not a job folder (no {SPEC})") from None
-    sources = pq.read_table(io.BytesIO(job.read(SOURCES)))
+    sources = pq.read_table(io.BytesIO(job.read(spec.sources)))
     if sources.num_rows != spec.n_images:
-        raise JobError(f"{redact(job.url)}: {SOURCES} lists {sources.num_rows} images, {SPEC} says {spec.n_images}")
+        raise JobError(
+            f"{redact(job.url)}: {spec.sources} lists {sources.num_rows} images, {SPEC} says {spec.n_images}"
+        )
     return spec, sources
 
 

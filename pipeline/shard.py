@@ -22,7 +22,7 @@ from typing import Any
 from pipeline import manifest
 from pipeline.items import Encoded, ItemCodec
 from pipeline.pack import PackWriter
-from pipeline.storage import Store
+from pipeline.storage import MAX_SOURCE_BYTES, READ_TIMEOUT_S, Store, redact
 
 READ_THREADS = 4
 
@@ -35,6 +35,8 @@ class ShardTask:
     attempts: dict[str, int]  # attempt number of each key in this run (1 = first try)
     pack: bool
     verify: bool
+    max_source_bytes: int = MAX_SOURCE_BYTES  # larger sources are failed rows
+    read_timeout_s: float = READ_TIMEOUT_S  # per object-store read attempt
 
 
 @dataclass
@@ -54,15 +56,18 @@ def worker_name() -> str:
 
 
 def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    return redact(f"{type(exc).__name__}: {exc}")[:2000]
 
 
-def _read_ahead(src: Store, keys: list[str], window: int) -> Iterator[tuple[str, bytes | BaseException]]:
-    """(key, bytes or the read error), in order, with up to ``window`` reads in flight."""
+def _read_ahead(src: Store, task: ShardTask, window: int) -> Iterator[tuple[str, bytes | BaseException]]:
+    """(key, bytes or the read error), in order, with up to ``window`` reads in flight. Reads
+    refuse non-regular files and sources over the task's size or time limit (``Store.read_source``):
+    one bad entry is one failed row, never a hung or exhausted worker."""
+    keys = task.keys
 
     def read(key: str) -> bytes | BaseException:
         try:
-            return src.read(key)
+            return src.read_source(key, task.max_source_bytes, task.read_timeout_s)
         except Exception as exc:
             return exc
 
@@ -139,7 +144,7 @@ def run_shard(
                 store(key, data, enc)
         batch.clear()
 
-    for key, data in _read_ahead(src, task.keys, window=max(2 * codec.batch_size, READ_THREADS)):
+    for key, data in _read_ahead(src, task, window=max(2 * codec.batch_size, READ_THREADS)):
         if isinstance(data, BaseException):
             fail(key, data)
             continue

@@ -16,6 +16,8 @@ import logging
 import os
 import posixpath
 import random
+import re
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -23,14 +25,33 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import fsspec
+import fsspec.asyn
 
 from codec.errors import CallicError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Defaults of a job's source limits (``--max-source-bytes``, ``--read-timeout``). 2 GiB, as for
+# ``callic encode`` inputs (``codec.images.MAX_INPUT_BYTES``): room for an uncompressed image at
+# the codec's pixel limit (CALLIC_MAX_PIXEL_BYTES, 1 GiB) and its metadata.
+MAX_SOURCE_BYTES = 1 << 31
+READ_TIMEOUT_S = 300.0
+
 # OSError numbers that no retry can fix.
-_PERMANENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+_PERMANENT_ERRNO = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,  # a symbolic link loop stays a loop
+    errno.ENXIO,  # a socket or a device without its driver
+    errno.ENODEV,
+    errno.EINVAL,
+    errno.EFBIG,
+}
 _PERMANENT_TYPES = (
     FileNotFoundError,
     FileExistsError,
@@ -47,6 +68,15 @@ class StorageError(CallicError):
     """A storage operation failed for good (after retries, or at once when retrying cannot help)."""
 
     exit_code = 7
+
+
+class ExistsError(StorageError):
+    """``write_once`` found its key taken (another process won the race for it)."""
+
+
+class SourceError(StorageError):
+    """A source the job refuses to read: not a regular file (a FIFO, a device, a link loop), over
+    the size limit, or no answer within the read timeout. Its image becomes a failed row."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -81,17 +111,55 @@ def retrying(what: str, fn: Callable[[], T], policy: RetryPolicy) -> T:
             if not is_transient(exc) or attempt == policy.attempts - 1:
                 raise
             delay = policy.delay(attempt)
-            log.warning("retrying %s in %.2f s after %s: %s", what, delay, type(exc).__name__, exc)
+            log.warning("retrying %s in %.2f s after %s: %s", what, delay, type(exc).__name__, redact(str(exc)))
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def redact(url: str) -> str:
-    """``url`` without any user:password part, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+# A URL in free text: scheme://authority[/path][?query][#fragment].
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s'\"<>]*)(?P<rest>[^\s'\"<>]*)")
+_SECRET_WORDS = ("signature", "credential", "token", "secret", "password", "passwd", "apikey", "api_key", "access_key")
+
+
+def _secret_param(name: str) -> bool:
+    """The rule for query parameters that carry secrets: presigned-URL parameters (``X-Amz-*``,
+    ``X-Goog-*``, Azure's ``sig``), and any name naming a key, token, signature or password."""
+    n = name.lower()
+    if n in ("sig", "key", "auth", "code") or n.startswith(("x-amz-", "x-goog-")):
+        return True
+    return any(w in n for w in _SECRET_WORDS)
+
+
+def _clean_url(m: re.Match[str], mask: str | None) -> str:
+    authority = m["authority"]
+    if "@" in authority:
+        host = authority.rsplit("@", 1)[1]
+        authority = host if mask is None else f"{mask}@{host}"
+    rest = m["rest"]
+    path, q, query = rest.partition("?")
+    if q:
+        query, h, fragment = query.partition("#")
+        kept = []
+        for param in query.split("&"):
+            name, eq, _ = param.partition("=")
+            if not _secret_param(name):
+                kept.append(param)
+            elif mask is not None:
+                kept.append(f"{name}{eq}{mask}")
+        rest = path + ("?" + "&".join(kept) if kept else "") + h + fragment
+    return m["scheme"] + authority + rest
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message with URLs in it) with every user:password part and every
+    secret-carrying query parameter masked as ``***``: for messages, logs and manifest errors."""
+    return _URL.sub(lambda m: _clean_url(m, "***"), str(text))
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` without its user:password part and its secret query parameters, for what is
+    stored (the job spec): a resumed job gets its credentials from ``--storage-options``."""
+    return _URL.sub(lambda m: _clean_url(m, None), str(url))
 
 
 def join(*parts: str) -> str:
@@ -115,6 +183,9 @@ class Store:
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root = ""
 
+    def __repr__(self) -> str:
+        return f"Store({redact(self.url)!r})"
+
     def __getstate__(self) -> dict[str, Any]:
         # The fsspec instance holds sockets and event loops: each process makes its own.
         state = dict(self.__dict__)
@@ -127,7 +198,7 @@ class Store:
             try:
                 self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.options)
             except Exception as exc:
-                raise StorageError(f"cannot open {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+                raise StorageError(f"cannot open {redact(self.url)}: {type(exc).__name__}: {redact(str(exc))}") from exc
         return self._fs
 
     @property
@@ -149,13 +220,44 @@ class Store:
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         try:
             return retrying(f"{what} {redact(self.url)}/{key}", fn, self.policy)
-        except FileNotFoundError:
+        except (FileNotFoundError, StorageError):  # ExistsError, SourceError: said already
             raise
         except Exception as exc:
-            raise StorageError(f"{what} {redact(self.url)}/{key} failed: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"{what} {self.name(key)} failed: {type(exc).__name__}: {redact(str(exc))}") from exc
+
+    def name(self, key: str) -> str:
+        """How messages name ``key``: its URL without credentials."""
+        return f"{redact(self.url)}/{key}"
 
     def read(self, key: str) -> bytes:
         return self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
+
+    def read_source(self, key: str, max_bytes: int, timeout_s: float) -> bytes:
+        """A source image's bytes, refusing what would hang or exhaust a worker: on a local disk
+        only regular files (a FIFO blocks forever, a link to /dev/zero never ends), at most
+        ``max_bytes`` (a file growing while read cannot exceed it); on an object store at most
+        ``max_bytes`` and ``timeout_s`` seconds per attempt. Raises ``SourceError`` naming the key."""
+        if self.is_local:
+            return self._call("read", key, lambda: _read_regular_file(self.path(key), self.name(key), max_bytes))
+        data = self._call("read", key, lambda: self._cat_with_timeout(key, max_bytes + 1, timeout_s))
+        if len(data) > max_bytes:
+            raise SourceError(f"{self.name(key)}: larger than the {max_bytes}-byte limit for a source")
+        return data
+
+    def _cat_with_timeout(self, key: str, end: int, timeout_s: float) -> bytes:
+        fs, path = self.fs, self.path(key)
+        try:
+            if not isinstance(fs, fsspec.asyn.AsyncFileSystem) or fs.asynchronous:
+                return fs.cat_file(path, start=0, end=end)
+            return fsspec.asyn.sync(fs.loop, fs._cat_file, path, start=0, end=end, timeout=timeout_s)
+        except fsspec.asyn.FSTimeoutError:
+            # Not retried here: the row fails and ``resume`` tries the image again.
+            raise SourceError(f"{self.name(key)}: no answer within {timeout_s:g} s") from None
+        except OSError as exc:
+            # S3 answers a range from byte 0 of an empty object with 416: it is empty, not broken.
+            if "range" in str(exc).lower() and fs.size(path) == 0:
+                return b""
+            raise
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         data = self._call("read", key, lambda: self.fs.cat_file(self.path(key), start=start, end=start + length))
@@ -191,14 +293,51 @@ class Store:
         self._call("write", key, lambda: self._put(key, data))
 
     def write_once(self, key: str, data: bytes) -> None:
-        """Create ``key``; an existing object is never replaced (FileExistsError)."""
+        """Create ``key`` atomically; an existing object is never replaced (StorageError "exists
+        already"), even when many processes race for it: on a local disk the data is written to a
+        temporary file and hard-linked to ``key`` (the link fails if ``key`` exists); on object
+        stores the put is conditional (``mode="create"``: If-None-Match on S3, where the server
+        enforces it; stores without conditional puts get fsspec's check-then-put, a best effort).
+        A retried put that finds ``key`` holding exactly ``data`` (its first try landed) succeeds."""
+        tried = False
 
         def put() -> None:
-            if self.fs.exists(self.path(key)):
-                raise FileExistsError(f"{redact(self.url)}/{key} exists already")
-            self._put(key, data)
+            nonlocal tried
+            try:
+                if tried and self.fs.cat_file(self.path(key)) == data:
+                    return
+            except FileNotFoundError:
+                pass
+            tried = True
+            try:
+                self._create(key, data)
+            except FileExistsError:
+                raise ExistsError(f"{self.name(key)} exists already") from None
 
         self._call("write", key, put)
+
+    def _create(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        if not self.is_local:
+            if self.fs.exists(path):  # saves the upload; the conditional put below decides
+                raise FileExistsError(path)
+            self.fs.pipe_file(path, data, mode="create")
+            return
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)
+            except OSError as exc:  # a filesystem without hard links: exclusive create, then write
+                if isinstance(exc, FileExistsError) or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                with open(path, "xb") as f:
+                    f.write(data)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
 
     def _put(self, key: str, data: bytes) -> None:
         path = self.path(key)
@@ -237,9 +376,43 @@ class Store:
             hint = ""
             if not local and isinstance(exc, FileNotFoundError):
                 hint = f" (does bucket {bucket} exist?)"
-            raise StorageError(f"cannot write to {redact(self.url)}: {type(exc).__name__}: {exc}{hint}") from exc
+            raise StorageError(
+                f"cannot write to {redact(self.url)}: {type(exc).__name__}: {redact(str(exc))}{hint}"
+            ) from exc
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}  # fmt: skip
+
+
+def _read_regular_file(path: str, name: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (symbolic links to one are fine), at most ``max_bytes``."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceError(f"{name}: a loop of symbolic links") from None
+        if exc.errno in (errno.ENXIO, errno.ENODEV):
+            raise SourceError(f"{name}: not a regular file ({os.strerror(exc.errno)})") from None
+        raise
+    try:
+        st = os.fstat(fd)  # the file opened, not a name that may have changed since
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{name}: not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'special')})")
+        if st.st_size > max_bytes:
+            raise SourceError(f"{name}: {st.st_size} bytes, over the {max_bytes}-byte limit for a source")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise SourceError(f"{name}: grew past the {max_bytes}-byte limit for a source while read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

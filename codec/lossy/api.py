@@ -1,9 +1,10 @@
 """``encode_lossy``: an 8-bit RGB image -> a ``.cllc`` holding CCA-coded latents; ``codec.decode``
 reads such files like any other (the HEAD names the coder and the model's hash).
 
-The file stores the SHA-256 of the reconstruction the encoder computed with the exact decoder
-path (``codec.lossy.exact``); a decoder that gets other pixels (a corrupt stream, a wrong model,
-or a platform where the exact path were not exact) raises instead of returning them.
+The file stores the hash (``codec.raster.raster_hash``) of the reconstruction the encoder computed
+with the exact decoder path (``codec.lossy.exact``); a decoder that gets other pixels (a corrupt
+stream, a wrong model, or a platform where the exact path were not exact) raises instead of
+returning them.
 
 Models: ``quality`` q = 1..N picks the q-th of the shipped rate points (``codec/models/CCA`` lists
 their files, lowest quality first); ``model`` names a file. Decoders find a file's model by hash
@@ -12,7 +13,6 @@ in the same folders as MGCF's (``$CALLIC_MODEL_PATH``, ``~/.cache/callic/models`
 
 from __future__ import annotations
 
-import hashlib
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -24,9 +24,9 @@ import torch
 from codec.container import HEAD, Container
 from codec.errors import ModelNotFoundError, UnsupportedError, VerificationError
 from codec.lossy import coding
-from codec.lossy.weights import file_name, parse_model
-from codec.raster import pixel_hash
-from codec.weights import PACKAGE_MODELS, model_dirs
+from codec.lossy.weights import file_name, load_model_file, parse_model
+from codec.raster import Raster, raster_hash
+from codec.weights import PACKAGE_MODELS, find_by_hash
 
 QUALITY_LIST = PACKAGE_MODELS / "CCA"
 
@@ -48,40 +48,32 @@ def load_lossy_model(model: str | Path | None = None, quality: int | None = None
         if not 1 <= q <= len(levels):
             raise ValueError(f"--quality must be in 1..{len(levels)} (the shipped rate points)")
         model = PACKAGE_MODELS / levels[q - 1]
-    return coding.LossyModel(parse_model(Path(model).read_bytes()), torch.device(device))
-
-
-def find_lossy_model(digest: bytes) -> Path:
-    name = file_name(digest)
-    for d in model_dirs():
-        if (d / name).is_file():
-            return d / name
-    searched = ", ".join(str(d) for d in model_dirs())
-    raise ModelNotFoundError(f"lossy model {digest.hex()[:16]}… is not installed (looked in {searched})")
+    return coding.LossyModel(load_model_file(model), torch.device(device))
 
 
 @lru_cache(maxsize=8)
 def lossy_model_by_hash(digest: bytes, device: str) -> coding.LossyModel:
-    data = find_lossy_model(digest).read_bytes()
-    if hashlib.sha256(data).digest() != digest:
-        raise ModelNotFoundError(f"the installed {file_name(digest)} does not have the hash its name says")
-    return coding.LossyModel(parse_model(data), torch.device(device))
+    """The lossy model a file names: the first installed copy with its hash (decoys are skipped)."""
+    path, data = find_by_hash(digest, file_name(digest))
+    return coding.LossyModel(parse_model(data, source=str(path)), torch.device(device))
 
 
 def encode_lossy(image: Any, *, quality: int | None = None, model: coding.LossyModel | None = None,
                  device: str = "cpu", verify: bool = False, timings: dict | None = None) -> bytes:  # fmt: skip
     """Compress an 8-bit RGB image (numpy array, ``Raster`` or Pillow image) with the lossy codec."""
-    from codec.api import CODER_CCA, Header, _as_raster, decode
+    from codec.api import CODER_CCA, Header, _as_raster, check_encodable, decode
 
     raster = _as_raster(image)
     if raster.pixels.dtype != np.uint8 or raster.mode != "RGB":
         raise UnsupportedError(f"the lossy codec takes 8-bit RGB images, not {raster.mode} {raster.pixels.dtype}")
+    check_encodable(raster)  # e.g. over the decode limit
     model = model or load_lossy_model(quality=quality, device=device)
     start = time.perf_counter()
     data, recon = coding.encode(model, raster.pixels)
     if timings is not None:
         timings["encode_s"] = time.perf_counter() - start
-    header = Header(CODER_CCA, raster.height, raster.width, 3, "uint8", "RGB", pixel_hash(recon), model.digest, 0, 0)
+    shown = Raster(recon, "RGB", icc_profile=raster.icc_profile, exif=raster.exif, xmp=raster.xmp)  # what decodes
+    header = Header(CODER_CCA, raster.height, raster.width, 3, "uint8", "RGB", raster_hash(shown), model.digest, 0, 0)
     container = Container()
     container.add(HEAD, header.to_bytes())
     for tag, value in ((b"iccp", raster.icc_profile), (b"exif", raster.exif), (b"xmp ", raster.xmp)):

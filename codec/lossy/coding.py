@@ -5,6 +5,12 @@ Stream order (one range-coded stream; the decoder needs nothing else but the ima
 z channel by channel (each under its own factorized table), then slice by slice the symbols
 v = round(y - mu), grouped by the Gaussian table of their predicted scale, in ascending table
 order, each group in (channel, row, column) order.
+
+Memory: both sides hold the whole image's activations (in float64 on the exact path), so a
+header's size, not the stream, sets what decoding costs; sizes whose estimated peak
+(``DECODE_BYTES_PER_PIXEL``) exceeds the decoder's budget (``CALLIC_DECODER_MEMORY``, the learned
+coder's, ``codec.learned``) are refused before any work, by the encoder too, so that it writes no
+file a default decoder refuses. A stream that runs out fails where it does (``codec.entropy``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from codec import learned
 from codec.entropy import Decoder, Encoder
+from codec.errors import UnsupportedError
 from codec.fixedpoint import ACT_LIMIT
 from codec.lossy.bitstream import decode_group, encode_group
 from codec.lossy.exact import ONE, ExactCCA, exact_kernels, exact_tensors
@@ -25,6 +33,21 @@ from codec.lossy.weights import CCAModelFile
 
 STRIDE = 64  # g_a then h_a halve the size six times
 Z_LIMIT = 1 << 20
+# Peak RSS of a decode grows by 1.37 KB per pixel with the shipped (small) rate points, measured in
+# fresh processes at 128 x 128 and 512 x 512; 2 GiB thus decodes up to 1.5 megapixels.
+DECODE_BYTES_PER_PIXEL = 1400
+
+
+def check_memory(height: int, width: int, budget: int | None = None) -> None:
+    """Refuse an image size whose decode would need more than ``budget`` bytes (default: the
+    decoder's budget) before anything is allocated."""
+    budget = learned.DECODER_BATCH_BYTES if budget is None else budget
+    need = height * width * DECODE_BYTES_PER_PIXEL
+    if need > budget:
+        raise UnsupportedError(
+            f"a lossy {height}x{width} image needs about {need / 2**30:.1f} GiB to decode, more than the decoder's "
+            f"budget of {budget / 2**30:.1f} GiB (set CALLIC_DECODER_MEMORY to a number of bytes to raise it)"
+        )
 
 
 @dataclass
@@ -72,6 +95,7 @@ def _y_low(table: torch.Tensor) -> int:
 def encode(model: LossyModel, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
     """(H, W, 3) uint8 -> (coded latents, the reconstruction every decoder will produce)."""
     h, w = pixels.shape[:2]
+    check_memory(h, w, min(learned.DECODER_BATCH_BYTES, learned.DEFAULT_DECODER_MEMORY))
     x = torch.from_numpy(np.array(pixels, copy=True)).to(model.device).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         y = model.float_model.g_a(pad_to(x, STRIDE))
@@ -105,6 +129,7 @@ def _code_slice(enc: Encoder, model: LossyModel, v: torch.Tensor, index: torch.T
 def decode(model: LossyModel, data: bytes, height: int, width: int) -> np.ndarray:
     """Coded latents of an ``height`` x ``width`` image -> its (H, W, 3) uint8 reconstruction."""
     cfg = model.file.cfg
+    check_memory(height, width)
     dec = Decoder(data)
     zh, zw = _latent_shape(height, width, STRIDE)
     ztabs, zlows = model.z_tables

@@ -15,12 +15,10 @@ hash names it (``cca-<16 hex>.safetensors``), and every ``.cllc`` made with it n
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from codec.errors import CorruptFileError
@@ -29,7 +27,7 @@ from codec.lossy import tables
 from codec.lossy.config import CCAConfig
 from codec.lossy.exact import exact_tensors
 from codec.lossy.model import CCAModel
-from codec.weights import write_named
+from codec.weights import LUT_LIMIT, check_tensors, read_model_bytes, read_safetensors, write_named
 
 FORMAT = "callic-cca"
 FORMAT_VERSION = "1"
@@ -72,13 +70,19 @@ class CCAModelFile:
     cfg: CCAConfig
     lmbda: float
     tensors: dict[str, torch.Tensor]
+    source: str = "model file"  # where it was read from, for errors
 
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
     def float_model(self) -> CCAModel:
+        """The float model; ``CorruptFileError`` when the file's weights are not the ones its
+        configuration implies (a missing, extra or misshaped tensor)."""
         model = CCAModel(self.cfg)
-        model.load_state_dict({k: v.float() for k, v in self.group("float").items()})
+        try:
+            model.load_state_dict({k: v.float() for k, v in self.group("float").items()})
+        except RuntimeError as exc:
+            raise CorruptFileError(f"{self.source}: weights do not fit the configuration: {exc}") from exc
         return model.eval()
 
     def y_tables(self) -> list[torch.Tensor]:
@@ -88,18 +92,45 @@ class CCAModelFile:
         return tables.unpack(self.tensors["ztab.packed"], self.tensors["ztab.lengths"]), self.tensors["ztab.lows"]
 
 
-def parse_model(data: bytes) -> CCAModelFile:
+def _table_shapes(cfg: CCAConfig, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Every table the configuration implies (the float weights are checked by ``float_model``);
+    a coding table's width is its own, checked against its lengths by ``_check_values``."""
+    luts = {f"lut.{k}": (int(v.numel()),) for k, v in build_luts(-3.0, 6.0).items() if k in ("gelu", "tanh")}
+    shapes = {}
+    for group, count in (("ytab", None), ("ztab", cfg.z_channels)):
+        packed = tensors.get(f"{group}.packed")
+        rows = count if count is not None else (packed.shape[0] if packed is not None and packed.ndim == 2 else 0)
+        width = packed.shape[1] if packed is not None and packed.ndim == 2 else 0
+        shapes |= {f"{group}.packed": (rows, width), f"{group}.lengths": (rows,)}
+    return luts | shapes | {"ztab.lows": (cfg.z_channels,)}
+
+
+def _check_values(tensors: dict[str, torch.Tensor], source: str) -> None:
+    for name, t in tensors.items():
+        if name.startswith("float."):
+            if t.dtype != torch.float16 or not bool(torch.isfinite(t).all()):
+                raise CorruptFileError(f"{source}: tensor {name} is not finite float16")
+        elif t.dtype not in (torch.int32, torch.int64) or (t.numel() and max(-int(t.min()), int(t.max())) >= LUT_LIMIT):
+            raise CorruptFileError(f"{source}: tensor {name} is not a table of integers below 2**25")
+    for group in ("ytab", "ztab"):
+        lengths, width = tensors[f"{group}.lengths"], tensors[f"{group}.packed"].shape[1]
+        if lengths.numel() and (int(lengths.min()) < 2 or int(lengths.max()) > width):
+            raise CorruptFileError(f"{source}: {group} lengths outside 2..{width}")
+
+
+def parse_model(data: bytes, source: str = "model file") -> CCAModelFile:
+    """A CCA model file's bytes -> ``CCAModelFile``, every tensor's name, shape and type checked;
+    ``CorruptFileError`` naming ``source``."""
+    tensors, meta = read_safetensors(data, FORMAT, FORMAT_VERSION, source)
     try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    except Exception as exc:
-        raise CorruptFileError(f"not a safetensors model file: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(f"not a {FORMAT} v{FORMAT_VERSION} model file")
-    return CCAModelFile(hashlib.sha256(data).digest(), CCAConfig.from_json(meta["config"]), float(meta["lmbda"]),
-                        tensors)  # fmt: skip
+        cfg, lmbda = CCAConfig.from_json(meta["config"]), float(meta["lmbda"])
+    except (KeyError, TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CorruptFileError(f"{source}: bad configuration: {exc}") from exc
+    tables = {k: v for k, v in tensors.items() if not k.startswith("float.")}
+    check_tensors(tables, _table_shapes(cfg, tables), source)
+    _check_values(tensors, source)
+    return CCAModelFile(hashlib.sha256(data).digest(), cfg, lmbda, tensors, source)
 
 
 def load_model_file(path: str | Path) -> CCAModelFile:
-    return parse_model(Path(path).read_bytes())
+    return parse_model(read_model_bytes(path), source=str(path))

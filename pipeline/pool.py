@@ -1,0 +1,124 @@
+"""Tasks on a pool of Ray actors that may die at any moment, each task retried a few times.
+
+Why its own module: a worker process can vanish mid-task (Ray's memory monitor kills it, its node
+is lost, native code crashes). Each such loss must cost only a retry of the task it was running,
+on a fresh actor, and after ``max_attempts`` a recorded failure of that one task, never the
+command. Restore runs on this loop; the archive driver has the same policy in its own loop (its
+retries are also recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from codec.errors import CallicError
+from pipeline import cluster, events
+
+T = TypeVar("T")
+
+
+class WorkerStartError(CallicError):
+    """The worker actors cannot be built (their codec factory fails): no retry can help."""
+
+    exit_code = 11
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """A task's end: its result, or why it was given up on (``error``) after ``attempts`` tries."""
+
+    task: T
+    result: Any = None
+    error: str | None = None
+    attempts: int = 1
+
+
+@dataclass
+class PoolStats:
+    worker_restarts: int = 0
+    retries: int = 0
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a Ray error: the task's own exception, else what happened to the worker."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        lines = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"worker lost ({type(exc).__name__}: {lines[0] if lines else 'no detail'})"[:500]
+
+
+def run(
+    tasks: list[T],
+    new_actor: Callable[[], Any],
+    call: Callable[[Any, T], Any],
+    p: cluster.Plan,
+    max_attempts: int,
+    on_done: Callable[[Outcome[T]], None],
+    what: str = "task",
+    split: Callable[[T], list[T]] | None = None,
+) -> PoolStats:
+    """Run every task on ``p.workers`` actors built by ``new_actor``; ``call(actor, task)`` starts
+    one and returns its ObjectRef. A task whose actor dies is retried on a new actor (split into
+    the parts ``split`` gives, so that one item that kills its worker, say a huge image under
+    memory pressure, does not take the others down with it); one that raises is retried as it is.
+    ``on_done`` gets each task's outcome as soon as it is known."""
+    stats = PoolStats()
+    actors = [new_actor() for _ in range(min(p.workers, len(tasks)))]
+    queue: deque[tuple[T, int]] = deque((t, 1) for t in tasks)
+    inflight: dict[Any, tuple[T, int, int]] = {}  # ref -> (task, attempt, actor slot)
+    try:
+        cluster.wait_placed(actors, p)
+        while queue or inflight:
+            busy = {slot for _, _, slot in inflight.values()}
+            for slot in range(len(actors)):
+                if queue and slot not in busy:
+                    task, attempt = queue.popleft()
+                    inflight[call(actors[slot], task)] = (task, attempt, slot)
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in done:
+                task, attempt, slot = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayError as exc:
+                    died = _lost(exc, actors, slot, new_actor, stats)
+                    reason = describe(exc)
+                    if attempt < max_attempts:
+                        stats.retries += 1
+                        events.emit(f"{what}_retry", level=logging.WARNING, attempt=attempt + 1, reason=reason)
+                        queue.extend((part, attempt + 1) for part in (split(task) if died and split else [task]))
+                    else:
+                        on_done(Outcome(task, error=f"gave up after {attempt} attempts: {reason}", attempts=attempt))
+                    continue
+                on_done(Outcome(task, result, attempts=attempt))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return stats
+
+
+def _lost(exc: RayError, actors: list[Any], slot: int, new_actor: Callable[[], Any], stats: PoolStats) -> bool:
+    """Whether the actor of ``slot`` was lost, then replaced; not when ``exc`` is the task's own
+    exception (the actor lives)."""
+    if isinstance(exc, RayTaskError):
+        return False
+    if isinstance(exc, RayActorError) and exc.actor_init_failed:
+        raise WorkerStartError(f"the workers cannot start: {_init_cause(exc)}") from None
+    ray.kill(actors[slot])  # it may only be unreachable: never let two attempts of a task run at once
+    actors[slot] = new_actor()
+    stats.worker_restarts += 1
+    return True
+
+
+def _init_cause(exc: RayActorError) -> str:
+    """The last line of the creation task's traceback: the factory's own error message."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
