@@ -15,14 +15,13 @@ be skipped. Every length is checked against the bytes that remain before anythin
 
 from __future__ import annotations
 
-import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codec.errors import CorruptFileError, UnsupportedError
+from codec.files import read_regular_file
 
 SIGNATURE = b"CLLC\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -108,23 +107,6 @@ def parse(data: bytes, known_critical: frozenset[bytes]) -> Container:
     if not container.sections:
         raise CorruptFileError("missing section HEAD")
     return container
-
-
-def read_regular_file(path: str | Path, limit: int, error: type[Exception] = CorruptFileError) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else ``error``
-    naming it: a device (``/dev/zero``), a FIFO or a huge file must not hang or fill memory.
-    ``FileNotFoundError`` / ``PermissionError`` pass through (the caller knows what was missing)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path} is not a regular file")
-        if st.st_size > limit:
-            raise error(f"{path} is {st.st_size} bytes, more than the limit of {limit}")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise error(f"{path} grew past the limit of {limit} bytes while being read")
-    return data
 
 
 def read_cllc(path: str | Path) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import struct
 import warnings
 import zlib
@@ -29,6 +28,7 @@ from PIL import Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from codec import sourcecheck
 from codec.errors import CorruptFileError, ImageReadError, UnsupportedError
+from codec.files import read_regular_file
 from codec.raster import Raster
 
 Image.MAX_IMAGE_PIXELS = 1 << 30  # refuse decompression bombs, allow big photos
@@ -227,19 +227,9 @@ def read_source(path: str | Path) -> bytes:
     """A regular file's bytes, at most ``MAX_INPUT_BYTES``: a FIFO or a device (``/dev/zero``)
     is refused before anything is read, and a file growing past the cap while read is refused."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block
+        return read_regular_file(path, MAX_INPUT_BYTES, ImageReadError, f"cannot read image {path}")
     except OSError as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageReadError(f"cannot read image {path}: not a regular file")
-        if st.st_size > MAX_INPUT_BYTES:
-            raise ImageReadError(f"cannot read image {path}: {st.st_size} bytes is over the {MAX_INPUT_BYTES} limit")
-        data = f.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise ImageReadError(f"cannot read image {path}: over the {MAX_INPUT_BYTES} byte limit")
-    return data
 
 
 def read_image(path: str | Path | bytes, name: str | None = None) -> Raster:

@@ -35,9 +35,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from codec.config import MGCFConfig
-from codec.container import read_regular_file
 from codec.errors import CallicError, CorruptFileError, ModelNotFoundError
 from codec.exact import ExactMGCF
+from codec.files import read_regular_file
 from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts, check_bounds
 from codec.mgcf import MGCF
 from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
@@ -237,8 +237,8 @@ def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
         actual = hashlib.sha256(data).hexdigest()
         if actual == digest.hex():
             return path, data
-        skipped.append(f"{path} (its hash is {actual[:16]})")
-        log.warning("skipped model file %s: its hash is %s, not %s", path, actual[:16], digest.hex()[:16])
+        skipped.append(f"{path} (its hash is {actual})")
+        log.warning("skipped model file %s: its SHA-256 is %s, the file needs %s", path, actual, digest.hex())
     searched = ", ".join(str(d) for d in model_dirs())
     raise ModelNotFoundError(
         f"model {digest.hex()[:16]}… is not installed (looked in {searched}"

@@ -17,7 +17,6 @@ import os
 import posixpath
 import random
 import re
-import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import fsspec
 import fsspec.asyn
 
 from codec.errors import CallicError
+from codec.files import read_regular_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -238,7 +238,8 @@ class Store:
         ``max_bytes`` (a file growing while read cannot exceed it); on an object store at most
         ``max_bytes`` and ``timeout_s`` seconds per attempt. Raises ``SourceError`` naming the key."""
         if self.is_local:
-            return self._call("read", key, lambda: _read_regular_file(self.path(key), self.name(key), max_bytes))
+            path, name = self.path(key), self.name(key)
+            return self._call("read", key, lambda: read_regular_file(path, max_bytes, SourceError, name))
         data = self._call("read", key, lambda: self._cat_with_timeout(key, max_bytes + 1, timeout_s))
         if len(data) > max_bytes:
             raise SourceError(f"{self.name(key)}: larger than the {max_bytes}-byte limit for a source")
@@ -384,35 +385,3 @@ class Store:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
-
-
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}  # fmt: skip
-
-
-def _read_regular_file(path: str, name: str, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path`` (symbolic links to one are fine), at most ``max_bytes``."""
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below refuses it.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SourceError(f"{name}: a loop of symbolic links") from None
-        if exc.errno in (errno.ENXIO, errno.ENODEV):
-            raise SourceError(f"{name}: not a regular file ({os.strerror(exc.errno)})") from None
-        raise
-    try:
-        st = os.fstat(fd)  # the file opened, not a name that may have changed since
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"{name}: not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'special')})")
-        if st.st_size > max_bytes:
-            raise SourceError(f"{name}: {st.st_size} bytes, over the {max_bytes}-byte limit for a source")
-        chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > max_bytes:
-                raise SourceError(f"{name}: grew past the {max_bytes}-byte limit for a source while read")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
