@@ -150,3 +150,19 @@ def test_lossy_model_files_are_checked(tiny_lossy_model_path, tmp_path):
             load_lossy(path).float_model()
     with pytest.raises(ModelNotFoundError):
         load_lossy(tmp_path / "missing.safetensors")
+
+
+def test_lossy_weights_outside_the_exact_bounds_are_a_damaged_file(tiny_lossy_model_path, tmp_path):
+    """The integer decoder of a lossy model is derived on first use: weights whose products could
+    leave the exact range must then be a CorruptFileError naming the file, not a bare ValueError."""
+    from codec.lossy.api import load_lossy_model
+
+    data = tiny_lossy_model_path.read_bytes()
+    tensors, meta = st_load(data), _metadata(data)
+    name = next(k for k in tensors if k.startswith("float.") and k.endswith("weight") and tensors[k].ndim == 4)
+    tensors[name] = torch.full_like(tensors[name], 60000.0)  # finite in float16, far past 2**53 products
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(st_save(tensors, meta))
+    model = load_lossy_model(str(path), None, "cpu")
+    with pytest.raises(CorruptFileError, match="big.safetensors.*bounds"):
+        model.exact  # noqa: B018

@@ -23,7 +23,7 @@ import torch
 
 from codec import learned
 from codec.entropy import Decoder, Encoder
-from codec.errors import UnsupportedError
+from codec.errors import CorruptFileError, UnsupportedError
 from codec.fixedpoint import ACT_LIMIT
 from codec.lossy.bitstream import decode_group, encode_group
 from codec.lossy.exact import ONE, ExactCCA, exact_kernels, exact_tensors
@@ -67,8 +67,12 @@ class LossyModel:
 
     @cached_property
     def exact(self) -> ExactCCA:
-        """The integer decoder, derived from the float model already loaded (not loaded again)."""
-        return ExactCCA(self.file.cfg, exact_tensors(self.float_model), self.file.group("lut"), self.device)
+        """The integer decoder, derived from the float model already loaded (not loaded again); a
+        model whose integer products could leave the exact range is a damaged file, not a traceback."""
+        try:
+            return ExactCCA(self.file.cfg, exact_tensors(self.float_model), self.file.group("lut"), self.device)
+        except ValueError as exc:  # codec.fixedpoint.check_bounds
+            raise CorruptFileError(f"{self.file.source}: weights outside the exact path's bounds: {exc}") from exc
 
     @cached_property
     def y_tables(self) -> list[torch.Tensor]:
