@@ -2,9 +2,18 @@
 
 ``encode(image) -> bytes`` and ``decode(bytes) -> Raster`` (``.pixels`` is the numpy array, with
 mode, palette and metadata beside it). See ``codec.api`` for the file format.
+
+``import codec`` is cheap: the names below are loaded on first use (PEP 562), so a tool that only
+reads headers (``codec.info``, ``callic info``, ``callic --help``) never imports torch. Submodules
+(``codec.api``, ``codec.lossy``...) are reachable as attributes after a plain ``import codec``, as
+they were when this package imported ``codec.api`` eagerly.
 """
 
-from codec.api import decode, encode, info, load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from codec.errors import (
     CallicError,
     CorruptFileError,
@@ -13,7 +22,20 @@ from codec.errors import (
     UnsupportedError,
     VerificationError,
 )
-from codec.raster import Raster
+
+if TYPE_CHECKING:
+    from codec.api import decode, encode, load_model
+    from codec.header import info
+    from codec.raster import Raster
+
+# name -> the module that defines it; only ``codec.api`` imports torch.
+_LAZY = {
+    "decode": "codec.api",
+    "encode": "codec.api",
+    "load_model": "codec.api",
+    "info": "codec.header",
+    "Raster": "codec.raster",
+}
 
 __all__ = [
     "CallicError",
@@ -28,3 +50,20 @@ __all__ = [
     "info",
     "load_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise  # the submodule exists but something it imports does not
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

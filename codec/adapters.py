@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from codec.config import MGCFConfig
+from codec.defaults import DEFAULT_LORA_RANK, DEFAULT_TUCKER_RANKS
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
 from codec.fixedpoint import WEIGHT_FRAC, check_bounds
@@ -70,8 +71,8 @@ _HEAD = struct.Struct("<BBBBBBB")
 class AdapterSpec:
     """Ranks of the adapters (the layers are fixed by the model's layout, see the module docstring)."""
 
-    lora_rank: int = 2
-    tucker_ranks: tuple[int, int, int] = (2, 3, 3)
+    lora_rank: int = DEFAULT_LORA_RANK
+    tucker_ranks: tuple[int, int, int] = DEFAULT_TUCKER_RANKS
 
     def __post_init__(self) -> None:
         if not 1 <= self.lora_rank <= MAX_LORA_RANK:

@@ -10,6 +10,9 @@ other 8/16-bit images   JPEG-XL lossless (gray, gray+alpha, palette indices, bil
 32-bit int / float      zlib
 ======================  ============================================================
 
+By default (``coder="auto"``) an 8-bit RGB(A) image is also coded with JPEG-XL lossless, and the
+smaller of the two files is kept: never larger than JPEG-XL's (``encode``).
+
 HEAD payload (little-endian)::
 
     u8 coder (1 mgcf, 2 jxl, 3 zlib, 4 cca: lossy) | u32 height | u32 width | u8 channels | u8 dtype code
@@ -32,7 +35,6 @@ decoding: it returns the original image or raises.
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -43,89 +45,47 @@ import torch
 
 from codec import adapters, fallback, learned, rpft
 from codec.adapters import AdapterSet, merge
-from codec.container import HEAD, Container, parse
+from codec.container import HEAD, Container
+from codec.defaults import (
+    DEFAULT_ADAPT_PATCHES,
+    DEFAULT_JXL_EFFORT,
+    DEFAULT_PATCHES_PER_STREAM,
+    DEFAULT_STEPS,
+    MIN_ADAPT_PIXELS,  # noqa: F401 (re-exported)
+)
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.exact import ExactMGCF
+from codec.header import (  # the HEAD section and info live in the torch-free codec.header
+    CODER_CCA,  # noqa: F401 (re-exported)
+    CODER_JXL,
+    CODER_MGCF,
+    CODER_MODES,  # noqa: F401 (re-exported)
+    CODER_NAMES,
+    CODER_ZLIB,
+    DTYPE_CODES,  # noqa: F401 (re-exported)
+    DTYPES,  # noqa: F401 (re-exported)
+    KNOWN_CRITICAL,  # noqa: F401 (re-exported)
+    MAX_CHANNELS,
+    MAX_PIXEL_BYTES,
+    Header,
+    info,  # noqa: F401 (re-exported)
+    read_header,
+)
 from codec.images import decode_transparency, from_pil, split_chunks
 from codec.mgcf import MGCF
-from codec.raster import MODES, Raster, hash_of_version, layout_problem, palette_problem, raster_hash
+from codec.raster import Raster, hash_of_version, layout_problem, palette_problem, raster_hash
 from codec.rpft import AdaptConfig, Adapted
 from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
-CODER_MGCF, CODER_JXL, CODER_ZLIB, CODER_CCA = 1, 2, 3, 4
-CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib", CODER_CCA: "cca"}
-DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
-DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", adapters.SECTION})
 SECTION_OVERHEAD = 12  # bytes a section adds besides its payload: tag, length, CRC
-MAX_CHANNELS = 16
-# The modes a coder can write (the learned and lossy coders only code RGB).
-CODER_MODES = {CODER_MGCF: ("RGB", "RGBA"), CODER_CCA: ("RGB",), CODER_JXL: tuple(MODES), CODER_ZLIB: tuple(MODES)}
-# Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
-# claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
-MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))
 MAX_PATCHES_PER_STREAM = 4096
-DEFAULT_PATCHES_PER_STREAM = 64
-
-_HEAD = struct.Struct("<BIIBB")
-_TAIL = struct.Struct("<32s32sHH")
-
-
-@dataclass(frozen=True)
-class Header:
-    coder: int
-    height: int
-    width: int
-    channels: int
-    dtype: str
-    mode: str
-    pixel_hash: bytes
-    model_hash: bytes
-    patch: int
-    patches_per_stream: int
-
-    def to_bytes(self) -> bytes:
-        mode = self.mode.encode("ascii")
-        return (
-            _HEAD.pack(self.coder, self.height, self.width, self.channels, DTYPE_CODES[self.dtype])
-            + bytes([len(mode)])
-            + mode
-            + _TAIL.pack(self.pixel_hash, self.model_hash, self.patch, self.patches_per_stream)
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Header:
-        try:
-            coder, h, w, c, dt = _HEAD.unpack_from(data, 0)
-            n = data[_HEAD.size]
-            mode = data[_HEAD.size + 1 : _HEAD.size + 1 + n].decode("ascii")
-            tail = _HEAD.size + 1 + n
-            if len(data) != tail + _TAIL.size or len(mode) != n:
-                raise ValueError("length")
-            ph, mh, patch, per = _TAIL.unpack_from(data, tail)
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise CorruptFileError("malformed HEAD section") from exc
-        if coder not in CODER_NAMES:
-            raise UnsupportedError(f"unknown coder id {coder}")
-        if dt not in DTYPES:
-            raise CorruptFileError(f"unknown sample type {dt}")
-        if h < 1 or w < 1 or not 1 <= c <= MAX_CHANNELS:
-            raise CorruptFileError(f"impossible image size {h}x{w}x{c}")
-        if h * w * c * np.dtype(DTYPES[dt]).itemsize > MAX_PIXEL_BYTES:
-            raise UnsupportedError(
-                f"image of {h}x{w}x{c} exceeds the decode limit of {MAX_PIXEL_BYTES} bytes "
-                "(set CALLIC_MAX_PIXEL_BYTES to raise it)"
-            )
-        problem = layout_problem(mode, DTYPES[dt], c)
-        if problem is not None:
-            raise CorruptFileError(f"HEAD: {problem}")
-        if mode not in CODER_MODES[coder]:
-            raise CorruptFileError(f"HEAD: coder {CODER_NAMES[coder]} does not code {mode} images")
-        return cls(coder, h, w, c, DTYPES[dt], mode, ph, mh, patch, per)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+CODERS = ("auto", "learned", "classical")  # encode's ``coder``
+# The default fine-tuning, the same as ``callic encode``'s.
+DEFAULT_ADAPT = AdaptConfig(steps=DEFAULT_STEPS, max_patches=DEFAULT_ADAPT_PATCHES)
+# Most of its learned file that adaptation is taken to save: "auto" does not adapt an image whose
+# pre-trained learned file is larger than the classical one by more. Measured on pkg13
+# (docs/bench-adapt-pkg13.md): adapters saved at most 5.0% at T = 10 and 9.6% at T = 50.
+ADAPT_REACH = 0.10
 
 
 # ---------------------------------------------------------------- encoding
@@ -200,18 +160,24 @@ def with_adapters(net: ExactMGCF, adapters: AdapterSet) -> ExactMGCF:
 class EncodeReport:
     """What encoding one image did and how long each stage took (seconds; adaptation stages are
     those of the whole batch the image was adapted in). Bits marked ``estimated`` come from the
-    float model's likelihoods, not from coded sizes."""
+    float model's likelihoods, not from coded sizes.
+
+    ``learned_bytes`` and ``classical_bytes`` are the sizes of the two candidate files, None where
+    one was not coded (the learned one with ``coder="classical"`` or for an image it does not code,
+    the classical one with ``coder="learned"``); ``bytes`` is the kept one's."""
 
     bytes: int = 0
     coder: str = ""
-    steps: int = 0
-    # "none" (T = 0 or not the learned coder), "kept" or "dropped". Adapters are kept when they
-    # are estimated to pay for their bits *and* the file with them is really smaller (the image
-    # is then coded twice, and the exact pass and coding times include both).
+    steps: int = 0  # adaptation steps run for this image (paid for even when its file is not kept)
+    # "none" (not adapted), "kept" or "dropped". Adapters are kept when they are estimated to pay
+    # for their bits *and* the file with them is really smaller (the image is then coded twice,
+    # and the exact pass and coding times include both); "dropped" too when the classical file won.
     adapters: str = "none"
     adapter_bytes: int = 0
     estimated_base_bits: float | None = None
     estimated_adapted_bits: float | None = None  # image bits with adapters, adapter bits excluded
+    learned_bytes: int | None = None
+    classical_bytes: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -222,18 +188,29 @@ def encode(
     device: str = "cpu",
     patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
     verify: bool = False,
-    adapt: AdaptConfig | None = None,
-    learned: bool = True,
+    adapt: AdaptConfig | None = DEFAULT_ADAPT,
+    coder: str = "auto",
+    jxl_effort: int = DEFAULT_JXL_EFFORT,
 ) -> bytes:
     """Compress ``image`` (numpy array, ``Raster`` or Pillow image) to ``.cllc`` bytes.
 
+    ``coder``: ``"auto"`` (default) codes an 8-bit RGB(A) image with the learned coder *and* with
+    JPEG-XL lossless at ``jxl_effort`` (1..10, as ``cjxl -e``) and keeps the smaller file (on a
+    tie JPEG-XL, which decodes faster): never larger than JPEG-XL's. ``"learned"`` forces the
+    learned coder where it applies (8-bit RGB(A)), ``"classical"`` uses JPEG-XL / zlib only.
+    Other images always get the classical coders.
+
     ``model``: from ``load_model``; the shipped default when None. ``adapt``: per-image
-    fine-tuning (``AdaptConfig(steps=T)``); None or T = 0 codes with the pre-trained model.
-    ``verify``: decode the result (on the CPU) and compare before returning. ``learned=False``
-    codes 8-bit RGB(A) with the classical coder (JPEG-XL lossless) too, e.g. to keep the smaller.
+    fine-tuning, by default ``DEFAULT_ADAPT`` (``codec.defaults.DEFAULT_STEPS`` steps on at most
+    ``DEFAULT_ADAPT_PATCHES`` patches per step, as ``callic encode``); None or steps 0 codes with
+    the pre-trained model (and so does, by default, a ``Model`` without its float weights; asked
+    for explicitly, adaptation then raises). Images under ``MIN_ADAPT_PIXELS`` pixels (the config's
+    ``min_pixels``) are never adapted, and with ``"auto"`` neither are those whose learned file is
+    too far behind JPEG-XL's for adapters to close the gap (``ADAPT_REACH``). ``verify``: decode
+    the kept file (on the CPU) and compare before returning.
     """
     kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify}
-    return encode_many([image], adapt=adapt, learned=learned, **kwargs)[0][0]
+    return encode_many([image], adapt=adapt, coder=coder, jxl_effort=jxl_effort, **kwargs)[0][0]
 
 
 def encode_many(
@@ -243,28 +220,47 @@ def encode_many(
     device: str = "cpu",
     patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
     verify: bool = False,
-    adapt: AdaptConfig | None = None,
-    learned: bool = True,
+    adapt: AdaptConfig | None = DEFAULT_ADAPT,
+    coder: str = "auto",
+    jxl_effort: int = DEFAULT_JXL_EFFORT,
 ) -> list[tuple[bytes, EncodeReport]]:
     """``encode`` for several images: their adapters are fine-tuned together, in one batch (one
     forward pass per step for all of them), and each file is the same as encoding it alone would
-    give, up to the float rounding of fine-tuning. Returns (file bytes, report) per image."""
+    give, up to the float rounding of fine-tuning. Returns (file bytes, report) per image.
+
+    Order of work: the cheap classical candidates and the pre-trained learned files first, so
+    that only the images where adapters could still matter are fine-tuned."""
+    if coder not in CODERS:
+        raise ValueError(f"coder must be one of {', '.join(CODERS)}, not {coder!r}")
+    effort = fallback.check_jxl_effort(jxl_effort)
     if not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     rasters = [_as_raster(image) for image in images]
     for raster in rasters:
         check_encodable(raster)
-    learned_idx = [i for i, r in enumerate(rasters) if learned and _learned_path(r)]
+    reports = [EncodeReport() for _ in rasters]
+    learned_idx = [i for i, r in enumerate(rasters) if coder != "classical" and _learned_path(r)]
     if learned_idx and model is None:
         model = load_model(device=device)
-    adapted: dict[int, Adapted] = {}
-    if learned_idx and adapt is not None and adapt.steps > 0:
-        rgb = [np.ascontiguousarray(rasters[i].pixels[..., :3]) for i in learned_idx]
-        adapted = dict(zip(learned_idx, rpft.adapt(model.float_model(device), rgb, adapt), strict=True))
+    classical = {
+        i: _classical_file(r, effort, reports[i], "classical_s" if i in learned_idx else "coding_s")
+        for i, r in enumerate(rasters)
+        if coder == "auto" or i not in learned_idx
+    }
+    per = patches_per_stream
+    learned_files = {i: _LearnedFile.code(rasters[i], model, per, effort, reports[i]) for i in learned_idx}
+    steps = adapt.steps if adapt is not None else 0
+    worth = [i for i in learned_idx if steps and _worth_adapting(rasters[i], learned_files[i], classical.get(i), adapt)]
+    if worth and model.file is None and adapt is DEFAULT_ADAPT:
+        worth = []  # a model without its float weights cannot adapt: by default it just codes
+    if worth:
+        rgb = [learned_files[i].rgb for i in worth]
+        for i, adapted in zip(worth, rpft.adapt(model.float_model(device), rgb, adapt), strict=True):
+            reports[i].steps = steps
+            learned_files[i].try_adapters(model, adapted, reports[i])
     out = []
-    for i, raster in enumerate(rasters):
-        report = EncodeReport(steps=adapt.steps if adapt is not None and i in adapted else 0)
-        data = _encode_one(raster, model if i in learned_idx else None, adapted.get(i), patches_per_stream, report)
+    for i, report in enumerate(reports):
+        data = _keep_smaller(learned_files.get(i), classical.get(i), report)
         if verify:
             start = time.perf_counter()
             decode(data, model=Model(model.exact.to("cpu"), model.digest) if model is not None else None)
@@ -272,6 +268,36 @@ def encode_many(
         report.bytes = len(data)
         out.append((data, report))
     return out
+
+
+def _worth_adapting(
+    raster: Raster, learned_file: _LearnedFile, classical: tuple[int, bytes] | None, cfg: AdaptConfig
+) -> bool:
+    """Whether fine-tuning could change the outcome: not for an image under ``cfg.min_pixels``
+    (default ``MIN_ADAPT_PIXELS``: its adapters cost more bits than they save), nor where the
+    classical file is smaller than the learned one could become if adapters saved ``ADAPT_REACH``."""
+    if raster.height * raster.width < cfg.min_pixels:
+        return False
+    return classical is None or len(learned_file.data) * (1 - ADAPT_REACH) < len(classical[1])
+
+
+def _keep_smaller(
+    learned_file: _LearnedFile | None, classical: tuple[int, bytes] | None, report: EncodeReport
+) -> bytes:
+    """The kept file of the candidates coded, with the report saying which and both sizes; a tie
+    goes to the classical file (it decodes much faster)."""
+    if learned_file is not None:
+        report.learned_bytes = len(learned_file.data)
+    if classical is not None:
+        report.classical_bytes = len(classical[1])
+    if learned_file is not None and (classical is None or len(learned_file.data) < len(classical[1])):
+        report.coder = CODER_NAMES[CODER_MGCF]
+        return learned_file.data
+    assert classical is not None
+    report.coder = CODER_NAMES[classical[0]]
+    if report.adapters == "kept":
+        report.adapters = "dropped"
+    return classical[1]
 
 
 def _adapter_choice(model: Model, adapted: Adapted, report: EncodeReport) -> tuple[ExactMGCF, bytes] | None:
@@ -295,48 +321,70 @@ def _learned_path(raster: Raster) -> bool:
     return raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
 
 
-def _encode_one(raster: Raster, model: Model | None, adapted: Adapted | None, per: int, report: EncodeReport) -> bytes:
-    """One image's file: the learned coder when a model is given (8-bit RGB(A) only), else classical."""
+def _classical_file(raster: Raster, effort: int, report: EncodeReport, clock: str) -> tuple[int, bytes]:
+    """(coder id, file) with the classical coders: JPEG-XL lossless where it holds the pixels, else
+    zlib. Its seconds go to ``report.timings[clock]`` (``classical_s`` when it is the learned
+    file's rival, so that the learned coder's ``coding_s`` stays its own)."""
+    start = time.perf_counter()
     pixels = raster.pixels
-    learned_path = model is not None and _learned_path(raster)
-    container = Container()
-    model_hash, patch, section = bytes(32), 0, None
-    if learned_path:
-        model_hash, patch = model.digest, model.exact.cfg.patch
-        rgb = np.ascontiguousarray(pixels[..., :3])
-        with torch.inference_mode():
-            data = _mgcf_payload(learned.encode_rgb(rgb, model.exact, per, timings=report.timings))
-            choice = _adapter_choice(model, adapted, report) if adapted is not None else None
-            if choice is not None:
-                # Estimates can be wrong by more than the margin: the real sizes decide.
-                adapted_data = _mgcf_payload(learned.encode_rgb(rgb, choice[0], per, timings=report.timings))
-                if len(adapted_data) + len(choice[1]) + SECTION_OVERHEAD < len(data):
-                    data, section, report.adapters = adapted_data, choice[1], "kept"
-        coder = CODER_MGCF
+    if fallback.jxl_supports(pixels):
+        coder, data = CODER_JXL, fallback.jxl_encode(pixels, effort)
     else:
-        start = time.perf_counter()
-        if fallback.jxl_supports(pixels):
-            coder, data = CODER_JXL, fallback.jxl_encode(pixels)
-        else:
-            coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
-        report.timings["coding_s"] = time.perf_counter() - start
-        per = 0
-    report.coder = CODER_NAMES[coder]
-    header = Header(
-        coder,
-        raster.height,
-        raster.width,
-        raster.channels,
-        pixels.dtype.name,
-        raster.mode,
-        raster_hash(raster),
-        model_hash,
-        patch,
-        per,
-    )
+        coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
+    report.timings[clock] = time.perf_counter() - start
+    header = _header(raster, coder, bytes(32), 0, 0)
+    return coder, _container(raster, header, data, alpha=None, section=None)
+
+
+@dataclass
+class _LearnedFile:
+    """One image's learned-coder file, first with the pre-trained model, then (``try_adapters``)
+    with its adapters if they make it smaller."""
+
+    raster: Raster
+    rgb: np.ndarray
+    header: Header
+    alpha: bytes | None  # ALPH payload of an RGBA image
+    per: int
+    data: bytes = b""
+
+    @classmethod
+    def code(cls, raster: Raster, model: Model, per: int, effort: int, report: EncodeReport) -> _LearnedFile:
+        pixels = raster.pixels
+        alpha = fallback.jxl_encode(np.ascontiguousarray(pixels[..., 3]), effort) if raster.channels == 4 else None
+        header = _header(raster, CODER_MGCF, model.digest, model.exact.cfg.patch, per)
+        out = cls(raster, np.ascontiguousarray(pixels[..., :3]), header, alpha, per)
+        out.data = out._file(model.exact, None, report)
+        return out
+
+    def try_adapters(self, model: Model, adapted: Adapted, report: EncodeReport) -> None:
+        """Keep the image's adapters if they are estimated to pay and the file is really smaller
+        (estimates can be wrong by more than the margin: the real sizes decide)."""
+        choice = _adapter_choice(model, adapted, report)
+        if choice is None:
+            return
+        data = self._file(choice[0], choice[1], report)
+        if len(data) < len(self.data):
+            self.data, report.adapters = data, "kept"
+
+    def _file(self, net: ExactMGCF, section: bytes | None, report: EncodeReport) -> bytes:
+        with torch.inference_mode():
+            payload = _mgcf_payload(learned.encode_rgb(self.rgb, net, self.per, timings=report.timings))
+        return _container(self.raster, self.header, payload, alpha=self.alpha, section=section)
+
+
+def _header(raster: Raster, coder: int, model_hash: bytes, patch: int, per: int) -> Header:
+    dtype = raster.pixels.dtype.name
+    return Header(coder, raster.height, raster.width, raster.channels, dtype, raster.mode, raster_hash(raster),
+                  model_hash, patch, per)  # fmt: skip
+
+
+def _container(raster: Raster, header: Header, data: bytes, *, alpha: bytes | None, section: bytes | None) -> bytes:
+    """The ``.cllc`` bytes: HEAD, ALPH (learned RGBA), PLTE, the ancillary metadata, ADPT, DATA."""
+    container = Container()
     container.add(HEAD, header.to_bytes())
-    if learned_path and raster.channels == 4:
-        container.add(b"ALPH", fallback.jxl_encode(np.ascontiguousarray(pixels[..., 3])))
+    if alpha is not None:
+        container.add(b"ALPH", alpha)
     if raster.palette is not None:
         pm = (raster.palette_mode or "RGB").encode("ascii")
         container.add(b"PLTE", bytes([len(pm)]) + pm + raster.palette)
@@ -375,11 +423,6 @@ def _split_streams(data: bytes, expected: int) -> list[bytes]:
         out.append(data[pos : pos + length])
         pos += length
     return out
-
-
-def read_header(data: bytes) -> tuple[Header, Container]:
-    container = parse(data, KNOWN_CRITICAL)
-    return Header.from_bytes(container.require(HEAD)), container
 
 
 def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", lossy_model=None) -> Raster:
@@ -453,27 +496,3 @@ def _shown_facts(container: Container, mode: str) -> dict[str, Any]:
     facts["png_chunks"] = container.get(b"pngc")
     split_chunks(facts["png_chunks"])  # CorruptFileError before decoding, not when writing
     return facts
-
-
-def info(data: bytes) -> dict[str, Any]:
-    """What a file holds, without decoding the pixels."""
-    header, container = read_header(data)
-    samples = header.height * header.width * header.channels
-    return {
-        "coder": CODER_NAMES[header.coder],
-        "width": header.width,
-        "height": header.height,
-        "channels": header.channels,
-        "mode": header.mode,
-        "dtype": header.dtype,
-        "format_version": container.version,
-        "bytes": len(data),
-        "bits_per_subpixel": 8 * len(data) / samples,
-        "pixel_sha256": header.pixel_hash.hex(),
-        "model_sha256": header.model_hash.hex() if header.coder in (CODER_MGCF, CODER_CCA) else None,
-        "lossy": header.coder == CODER_CCA,
-        "patch": header.patch or None,
-        "patches_per_stream": header.patches_per_stream or None,
-        "adapted": container.get(adapters.SECTION) is not None,
-        "sections": {t.decode(): len(p) for t, p in container.sections},
-    }

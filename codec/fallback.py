@@ -18,9 +18,8 @@ import zlib
 import imagecodecs
 import numpy as np
 
+from codec.defaults import DEFAULT_JXL_EFFORT, JXL_EFFORTS
 from codec.errors import CorruptFileError
-
-JXL_EFFORT = 7
 
 
 def jxl_supports(pixels: np.ndarray) -> bool:
@@ -28,9 +27,21 @@ def jxl_supports(pixels: np.ndarray) -> bool:
     return pixels.dtype.name in ("bool", "uint8", "uint16") and 1 <= channels <= 4
 
 
-def jxl_encode(pixels: np.ndarray) -> bytes:
+def check_jxl_effort(effort: int) -> int:
+    """``effort`` if libjxl accepts it (1..10, as ``cjxl -e``), else ``ValueError``: libjxl itself
+    would clamp or refuse it deep inside a batch, after the costly learned coding."""
+    if isinstance(effort, bool) or not isinstance(effort, (int, np.integer)) or effort not in JXL_EFFORTS:
+        span = f"{JXL_EFFORTS.start}..{JXL_EFFORTS.stop - 1}"
+        raise ValueError(f"JPEG-XL effort must be an integer in {span}, not {effort!r}")
+    return int(effort)
+
+
+def jxl_encode(pixels: np.ndarray, effort: int = DEFAULT_JXL_EFFORT) -> bytes:
+    """JPEG-XL lossless at libjxl ``effort`` (1 fastest .. 10 smallest; the file decodes the same
+    way whatever the effort)."""
     arr = pixels.astype(np.uint8) if pixels.dtype == bool else pixels
-    return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(arr), lossless=True, effort=JXL_EFFORT))
+    level = check_jxl_effort(effort)
+    return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(arr), lossless=True, effort=level))
 
 
 def jxl_decode(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -225,11 +225,13 @@ def _has_chunk(chunks: list[tuple[bytes, bytes]], ctype: bytes, prefix: bytes = 
 
 def read_source(path: str | Path) -> bytes:
     """A regular file's bytes, at most ``MAX_INPUT_BYTES``: a FIFO or a device (``/dev/zero``)
-    is refused before anything is read, and a file growing past the cap while read is refused."""
+    is refused before anything is read (``ImageReadError``: no image there), and a file growing
+    past the cap while read is refused. A file that cannot be opened at all (missing, refused)
+    is an ``OSError`` naming it (the CLI's exit 1, "file not found", not 2, "not an image")."""
     try:
         return read_regular_file(path, MAX_INPUT_BYTES, ImageReadError, f"cannot read image {path}")
     except OSError as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_image(path: str | Path | bytes, name: str | None = None) -> Raster:

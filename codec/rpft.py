@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from codec.adapters import MAX_DELTA, STEP, AdapterSet, AdapterSpec, factors, layout, start_values
+from codec.defaults import DEFAULT_ADAPT_LR, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.learned import patchify, real_masks
 from codec.mgcf import MGCF, Deltas
 from codec.mixture import nll_bits
@@ -44,11 +45,15 @@ PRIOR_SCALE = 1.0  # in quantization steps
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """How to fine-tune. ``steps`` = T (0: no adaptation); b, d, e shape F(t); ``order`` is the
-    patch order: ``rate`` (RPFT), ``random`` (same F(t), shuffled patches) or ``all`` (F = 1)."""
+    """How to fine-tune. ``steps`` = T (0: no adaptation; default ``codec.defaults.DEFAULT_STEPS``,
+    the one default of the CLI, the API and the bench); b, d, e shape F(t); ``order`` is the
+    patch order: ``rate`` (RPFT), ``random`` (same F(t), shuffled patches) or ``all`` (F = 1).
+    ``min_pixels``: ``codec.api`` does not adapt images with fewer pixels (height x width; default
+    ``codec.defaults.MIN_ADAPT_PIXELS``, where adapters stop paying); 0 adapts every image, for
+    experiments and tests on small crops."""
 
-    steps: int = 50
-    lr: float = 2e-3
+    steps: int = DEFAULT_STEPS
+    lr: float = DEFAULT_ADAPT_LR
     b: float = 0.2
     d: float = 0.1
     e: float = 1.0
@@ -58,10 +63,13 @@ class AdaptConfig:
     mixed_passes: bool | None = None  # may a pass mix images (default: on a GPU only; see _run)
     spec: AdapterSpec = field(default_factory=AdapterSpec)
     seed: int = 0
+    min_pixels: int = MIN_ADAPT_PIXELS
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError("steps must be >= 0")
+        if self.min_pixels < 0:
+            raise ValueError("min_pixels must be >= 0")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}")
         if not (0 < self.b <= 1 and 0 <= self.d < 1 and self.e > 0):

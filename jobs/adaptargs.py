@@ -1,14 +1,24 @@
-"""Command-line flags for per-image adaptation (``codec.rpft``), shared by ``encode`` and ``bench``."""
+"""Command-line flags for per-image adaptation (``codec.rpft``), shared by ``encode`` and ``bench``.
+
+Torch-free at import (the flags' defaults come from ``codec.defaults``): the CLI builds its parser
+for ``--help`` from here, and torch is only imported when a configuration is made."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from codec.adapters import AdapterSpec
+from codec.defaults import (
+    DEFAULT_ADAPT_LR,
+    DEFAULT_ADAPT_PATCHES,
+    DEFAULT_LORA_RANK,
+    DEFAULT_TUCKER_RANKS,
+    MIN_ADAPT_PIXELS,
+)
 from codec.errors import CallicError
-from codec.rpft import AdaptConfig
 
-DEFAULT_ADAPT_PATCHES = 32
+if TYPE_CHECKING:
+    from codec.rpft import AdaptConfig
 
 
 class AdaptUsageError(CallicError):
@@ -21,6 +31,9 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
     """The per-image fine-tuning the flags ask for, with T = ``steps`` (None when it is 0)."""
     if steps == 0:
         return None
+    from codec.adapters import AdapterSpec
+    from codec.rpft import AdaptConfig
+
     try:
         return AdaptConfig(
             steps=steps,
@@ -28,6 +41,7 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
             order=order or args.adapt_order,
             max_patches=args.adapt_patches or None,
             spec=AdapterSpec(args.lora_rank, tuple(args.tucker_ranks)),
+            min_pixels=args.adapt_min_pixels,
         )
     except ValueError as exc:
         raise AdaptUsageError(str(exc)) from exc
@@ -36,8 +50,7 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
 def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
     """The adaptation flags ``encode`` and ``bench`` share (each defines its own ``--steps`` and
     ``--adapt-order``: one value for encode, comma lists for bench)."""
-    d = AdaptConfig()
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of the adapters")
+    p.add_argument("--lr", type=float, default=DEFAULT_ADAPT_LR, help="Adam learning rate of the adapters")
     p.add_argument(
         "--adapt-patches",
         type=int,
@@ -45,5 +58,13 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
         help="most patches an image trains on per step (0: all, as in the paper; "
         f"default {DEFAULT_ADAPT_PATCHES}): the speed knob for large images",
     )
-    p.add_argument("--lora-rank", type=int, default=d.spec.lora_rank)
-    p.add_argument("--tucker-ranks", type=int, nargs=3, default=list(d.spec.tucker_ranks), metavar=("R1", "R2", "R3"))
+    p.add_argument(
+        "--adapt-min-pixels",
+        type=int,
+        default=MIN_ADAPT_PIXELS,
+        metavar="N",
+        help=f"images with fewer pixels (height x width) are not adapted (default {MIN_ADAPT_PIXELS}, where "
+        "adapters stop paying for their bits; 0: adapt every image)",
+    )
+    p.add_argument("--lora-rank", type=int, default=DEFAULT_LORA_RANK)
+    p.add_argument("--tucker-ranks", type=int, nargs=3, default=list(DEFAULT_TUCKER_RANKS), metavar=("R1", "R2", "R3"))

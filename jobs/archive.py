@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from importlib import metadata
@@ -17,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import codec
+from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS, JXL_EFFORTS, MIN_ADAPT_PIXELS
 from codec.errors import CallicError
 from jobs.archivecodec import CODECS, ArchiveCodecFactory, CodecSettings
 from jobs.imagefiles import IMAGE_SUFFIXES
-from pipeline import cluster, driver, events, job, manifest, restore, status
+from pipeline import cluster, driver, events, job, manifest, progress, restore, status
 from pipeline.storage import MAX_SOURCE_BYTES, READ_TIMEOUT_S, Store, redact
 
 EXIT_SOME_FAILED = 10
 ARCHIVE_SUFFIXES = (*IMAGE_SUFFIXES, ".gif", ".pnm", ".pbm", ".jxl")
-DEFAULT_STEPS = 10
 
 
 class UsageError(CallicError):
@@ -53,22 +54,82 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _finish(job_store: Store, summary: driver.RunSummary, quiet: bool) -> int:
+def _finish(job_store: Store, summary: driver.RunSummary, args: argparse.Namespace) -> int:
+    """Compact the manifest and report the job; exit 10 unless every image is archived."""
     driver.finish(job_store)
     st = status.job_status(job_store)
-    if not quiet:
+    if not args.quiet:
         print(
-            f"job {st['job']}: {st['ok']} of {st['images']} images archived, {st['failed']} failed "
-            f"({st['failed_retryable']} to retry by resume), {st['pending']} left; "
+            f"job {st['job']}: {st['ok']} of {st['images']} images archived, {_failures(st)}, {st['pending']} left; "
             f"{st['source_bytes']} -> {st['stored_bytes']} bytes; "
             f"this run {summary.ok + summary.failed} images in {summary.seconds:.1f} s on {summary.workers} worker(s)"
         )
-        for err in summary.errors[:20]:
-            print(f"  failed: {err}", file=sys.stderr)
         print(f"manifest: {redact(job_store.url)}/manifest.parquet")
+    _report_failures(summary.errors, args, "image_failed")
     if st["failed"] or st["pending"]:
         return EXIT_SOME_FAILED
     return 0
+
+
+def _report_failures(errors: list[str], args: argparse.Namespace, event: str) -> None:
+    """The run's failures on stderr: the first 20 as text, or under ``--log-json`` every one as
+    an event (stderr then holds JSON lines only)."""
+    if args.log_json:
+        for err in errors:
+            key, _, error = err.partition(": ")
+            events.emit(event, level=logging.WARNING, key=key, error=error)
+    elif not args.quiet:
+        for err in errors[:20]:
+            print(f"  failed: {err}", file=sys.stderr)
+        if len(errors) > 20:
+            print(f"  ... and {len(errors) - 20} more (see the manifest)", file=sys.stderr)
+
+
+def _failures(st: dict[str, Any]) -> str:
+    """``3 failed (2 permanent, 1 retryable)``: what ``resume`` will and will not redo."""
+    if not st["failed"]:
+        return "0 failed"
+    kinds = [
+        f"{st[key]} {name}"
+        for key, name in (
+            ("failed_permanent", "permanent"),
+            ("failed_retryable", "retryable"),
+            ("failed_out_of_attempts", "out of attempts"),
+        )
+        if st[key]
+    ]
+    return f"{st['failed']} failed ({', '.join(kinds)})"
+
+
+def _state(st: dict[str, Any]) -> str:
+    """One line a person can act on: done, done with failures (of which kinds), or not done."""
+    if not st["complete"]:
+        return f"not complete: {st['pending']} not done, run `callic resume`"
+    if not st["failed"]:
+        return "complete"
+    hints = ["`callic resume` retries the retryable ones"] if st["failed_retryable"] else []
+    if st["failed_permanent"] or st["failed_out_of_attempts"]:
+        hints.append("`callic resume --retry-failed` retries every failed one (after fixing the files)")
+    return f"complete, {_failures(st)}; {'; '.join(hints)}"
+
+
+def _codec_counts(codecs: dict[str, int]) -> str:
+    """``callic 3, jxl-lossless 2, passthrough 1``: most used first."""
+    return ", ".join(f"{name} {n}" for name, n in sorted(codecs.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Bars and phase lines: not with ``--quiet``, and not with ``--log-json`` (JSON lines only)."""
+    return not args.quiet and not args.log_json
+
+
+def _connect(args: argparse.Namespace) -> None:
+    """Join or start Ray, saying so: starting a local cluster takes seconds."""
+    if cluster.connected():
+        return
+    where = f"connecting to the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
+    with progress.phase(where, _show_progress(args)):
+        cluster.connect(args.address, log_json=args.log_json)
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -89,8 +150,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         raise job.JobError(f"no image files in {redact(args.src)}")
     lossy_model = os.path.abspath(args.lossy_model) if args.lossy_model and "://" not in args.lossy_model else None
     settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch, args.jpeg,
-                             args.quality, lossy_model or args.lossy_model)  # fmt: skip
-    model_hash = codec.load_model(args.model).digest.hex()
+                             args.quality, lossy_model or args.lossy_model, jxl_effort=args.jxl_effort)  # fmt: skip
+    with progress.phase("loading the model", _show_progress(args)):  # the workers load it again as they start
+        model_hash = codec.load_model(args.model).digest.hex()
     if settings.codec == "cca":  # fail before the job exists; workers load the same file and check its hash
         from codec.lossy.api import load_lossy_model
 
@@ -130,9 +192,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSettings, args: argparse.Namespace) -> int:
     spec_sources = job.load(job_store)[1]
-    tasks = driver.pending_tasks(spec, spec_sources, manifest.read_all(job_store))
+    retry = getattr(args, "retry_failed", False)  # resume's flag
+    tasks = driver.pending_tasks(spec, spec_sources, manifest.read_all(job_store), retry_failed=retry)
     if tasks:
-        cluster.connect(args.address)
+        _connect(args)
     summary = driver.run(
         spec,
         src,
@@ -141,9 +204,9 @@ def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSetting
         tasks,
         args.workers,
         args.gpus_per_worker,
-        show_progress=not args.quiet,
+        show_progress=_show_progress(args),
     )
-    return _finish(job_store, summary, args.quiet)
+    return _finish(job_store, summary, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -152,7 +215,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     job_store = Store(args.job, options)
     spec, _ = job.load(job_store)
     settings = CodecSettings(**spec.codec)
-    digest = codec.load_model(settings.model).digest.hex()
+    with progress.phase("loading the model", _show_progress(args)):
+        digest = codec.load_model(settings.model).digest.hex()
     if digest != spec.model_hash:
         raise job.JobError(
             f"job {spec.job_id} was archived with model {spec.model_hash[:16]}, this installation has {digest[:16]}"
@@ -167,22 +231,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
+    if args.quiet:
+        return 0
     print(f"job {st['job']} (created {st['created']}, source {redact(st['src'])})")
     print(
-        f"  images: {st['images']} in {st['shards']} shards; ok {st['ok']}, failed {st['failed']} "
-        f"({st['failed_retryable']} retryable), not done {st['pending']}"
+        f"  images: {st['images']} in {st['shards']} shards; ok {st['ok']}, failed {st['failed']}, "
+        f"not done {st['pending']}"
     )
-    print(f"  complete: {'yes' if st['complete'] else 'no: run `callic resume`'}")
-    if st["source_bytes"]:
-        print(
-            f"  bytes: {st['source_bytes']} -> {st['stored_bytes']} (saved {st['saved_bytes']}, "
-            f"{100 * st['ratio_to_source']:.1f}% of the source); codecs {st['codecs']}"
-        )
+    print(f"  {_state(st)}")
+    for line in _size_lines(st):
+        print(f"  {line}")
     if st["images_per_s"]:
         print(f"  throughput: {st['images_per_s']} images/s over the job's runs")
     for err, n in st["errors"].items():
         print(f"  {n} failed with {err}")
     return 0
+
+
+def _size_lines(st: dict[str, Any]) -> list[str]:
+    """Sizes in each kind's own unit: bits per subpixel for lossless files, bits per pixel and
+    PSNR for lossy ones; the total only when a job has both."""
+    lines = []
+    ll, ly = st["lossless"], st["lossy"]
+    if ll["images"]:
+        bpsp = f", {ll['bpsp']:.3f} bpsp" if ll["bpsp"] is not None else ""
+        ratio = f" ({100 * ll['stored_bytes'] / ll['source_bytes']:.1f}% of the source)" if ll["source_bytes"] else ""
+        lines.append(
+            f"lossless: {ll['images']} images, {ll['source_bytes']} -> {ll['stored_bytes']} bytes{ratio}{bpsp}"
+        )
+    if ly["images"]:
+        bpp = f", {ly['bpp']:.3f} bpp" if ly["bpp"] is not None else ""
+        psnr = f", PSNR {ly['psnr_mean']:.2f} dB (mean)" if ly["psnr_mean"] is not None else ""
+        lines.append(f"lossy: {ly['images']} images, {ly['source_bytes']} -> {ly['stored_bytes']} bytes{bpp}{psnr}")
+    if ll["images"] and ly["images"]:
+        lines.append(
+            f"all: {st['source_bytes']} -> {st['stored_bytes']} bytes "
+            f"({100 * st['ratio_to_source']:.1f}% of the source, saved {st['saved_bytes']})"
+        )
+    if st["codecs"]:
+        lines.append(f"codecs: {_codec_counts(st['codecs'])}")
+    return lines
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -192,7 +280,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     settings = CodecSettings(model=args.model)
     if args.model:
         codec.load_model(args.model)  # a missing or damaged --model fails here, not in every worker
-    cluster.connect(args.address)
+    _connect(args)
     s = restore.run(
         archive,
         out,
@@ -200,7 +288,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         args.match,
         args.workers,
         args.gpus_per_worker,
-        show_progress=not args.quiet,
+        show_progress=_show_progress(args),
         overwrite=args.overwrite,
     )
     if not args.quiet:
@@ -208,21 +296,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"restored {s.restored} of {s.images} images from {s.jobs} job(s) to {redact(out.url)} in "
             f"{s.seconds:.1f} s; {s.failed} failed; {s.skipped_failed_rows} recorded as failed at archive time"
         )
-        for err in s.errors[:20]:
-            print(f"  failed: {err}", file=sys.stderr)
+    if not args.log_json:  # under --log-json each failure was a restore_failed event already
+        _report_failures(s.errors, args, "restore_failed")
     return EXIT_SOME_FAILED if s.failed else 0
 
 
 def _common(p: argparse.ArgumentParser, ray_flags: bool = True) -> None:
     p.add_argument("--storage-options", help="fsspec storage options: JSON, or @file.json (credentials, endpoint)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, phase lines or summary; errors still")
     if ray_flags:
         p.add_argument(
             "--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local one"
         )
         p.add_argument("--workers", type=int, help="worker actors (default: one per GPU, else 1)")
         p.add_argument("--gpus-per-worker", type=float, default=1.0, help="GPUs per worker when the cluster has GPUs")
-        p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-        p.add_argument("--log-json", action="store_true", help="structured logs: one JSON object per line on stderr")
+        p.add_argument(
+            "--log-json",
+            action="store_true",
+            help="structured logs: stderr holds only JSON objects, one per line (no progress bar, no worker output)",
+        )
         p.add_argument("-v", "--verbose", action="store_true", help="log every shard")
 
 
@@ -234,13 +326,34 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--codec",
         choices=CODECS,
-        default="callic",
-        help="callic (learned), auto (learned or JPEG-XL lossless, the smaller), cca (lossy for 8-bit RGB)",
+        default="auto",
+        help="auto (default): 8-bit RGB(A) coded with the learned coder and JPEG-XL lossless, the smaller file "
+        "kept (never larger than JPEG-XL); callic: the learned coder always; cca: lossy for 8-bit RGB, the rest "
+        "as auto",
     )
     p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
     p.add_argument("--lossy-model", help="cca: a model file instead of a shipped rate point")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"adaptation steps T (default {DEFAULT_STEPS})")
-    p.add_argument("--adapt-patches", type=int, default=32, help="most patches per adaptation step (0: all)")
+    p.add_argument(
+        "--jxl-effort",
+        type=int,
+        choices=JXL_EFFORTS,
+        default=DEFAULT_JXL_EFFORT,
+        metavar="E",
+        help=f"libjxl effort 1..10 of the JPEG-XL lossless files, as cjxl -e (default {DEFAULT_JXL_EFFORT})",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"adaptation steps T (0: none; default {DEFAULT_STEPS}); images under {MIN_ADAPT_PIXELS} pixels are "
+        "never adapted",
+    )
+    p.add_argument(
+        "--adapt-patches",
+        type=int,
+        default=DEFAULT_ADAPT_PATCHES,
+        help=f"most patches per adaptation step (0: all; default {DEFAULT_ADAPT_PATCHES})",
+    )
     p.add_argument("--batch", type=int, default=0, help="images adapted together (default: 8 on a GPU, 1 on a CPU)")
     p.add_argument("--model", help="model file; default: the shipped model")
     p.add_argument(
@@ -278,12 +391,17 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("resume", help="continue an archive job from its manifest")
     p.add_argument("job", help="the job folder, DST/JOB")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also retry images that failed for good (unreadable, truncated, unsupported) or ran out of attempts",
+    )
     _common(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="progress, bytes saved and failures of an archive job")
     p.add_argument("job", help="the job folder, DST/JOB")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
     _common(p, ray_flags=False)
     p.set_defaults(func=cmd_status)
 

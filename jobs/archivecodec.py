@@ -8,13 +8,15 @@ What is stored for a source file:
 - ``jpeg-jxl`` with ``jpeg: jxl``: a JPEG losslessly transcoded to JPEG-XL (its DCT coefficients
   recoded, typically ~20% smaller), from which libjxl rebuilds the very same JPEG bytes; checked
   by rebuilding before it is accepted, else the JPEG is passed through.
-- a ``.cllc`` otherwise: the learned coder for 8-bit RGB(A) (with ``steps`` of per-image
-  adaptation), the classical coders for the other modes. With ``codec: auto`` an 8-bit RGB(A)
-  image is also coded with JPEG-XL lossless and the smaller file is kept. Restoring writes the
-  pixels and metadata back in the source's format (PNG, TIFF, PPM or BMP): the same pixels, not
-  the same bytes.
+- a ``.cllc`` otherwise. With ``codec: auto`` (the default) an 8-bit RGB(A) image is coded with
+  the learned coder (with ``steps`` of per-image adaptation) *and* with JPEG-XL lossless at
+  ``jxl_effort``, and the smaller file is kept (``codec.api.encode``'s ``coder="auto"``: never
+  larger than JPEG-XL's); the manifest's ``codec`` says which (``callic`` or ``jxl-lossless``).
+  ``codec: callic`` forces the learned coder (what a job spec written before ``auto`` existed
+  means by it). Other modes get the classical coders. Restoring writes the pixels and metadata
+  back in the source's format (PNG, TIFF, PPM or BMP): the same pixels, not the same bytes.
 - with ``codec: cca``, 8-bit RGB images are coded with the lossy codec (rate point ``quality``);
-  every other image stays lossless. A lossy row's pixel hash is that of the reconstruction, which
+  every other image stays lossless, as with ``auto``. A lossy row's pixel hash is that of the reconstruction, which
   is what a restore writes back (and checks).
 
 Before a ``.cllc`` is accepted, the file a restore would write must hold exactly what the source
@@ -32,38 +34,45 @@ import hashlib
 import io
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import imagecodecs
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import codec
-from codec import sourcecheck
-from codec.api import EncodeReport, encode_many
+from codec import fallback, sourcecheck
+from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS
 from codec.errors import ImageReadError, UnsupportedError, VerificationError
 from codec.images import InexactReadError, read_image, write_image_bytes
 from codec.raster import Raster, hash_of_version, raster_hash
-from codec.rpft import AdaptConfig
 from pipeline.items import Encoded, Resources
 
+if TYPE_CHECKING:  # codec.api imports torch: only the workers need it, not ``callic archive --help``
+    from codec.api import EncodeReport
+
 WRITABLE = {"PNG", "TIFF", "PPM", "BMP"}
-CODECS = ("callic", "auto", "cca")
+CODECS = ("auto", "callic", "cca")  # the first is the default
+# The ``coder`` of ``codec.api.encode`` for the lossless images of each codec choice.
+LOSSLESS_CODER = {"auto": "auto", "callic": "learned", "cca": "auto"}
 
 
 @dataclass(frozen=True)
 class CodecSettings:
-    """Everything the job spec records about coding (``JobSpec.codec``)."""
+    """Everything the job spec records about coding (``JobSpec.codec``). A spec written by an
+    older version lacks the newer fields (``jxl_effort``): they load with their defaults, which
+    are what that version did."""
 
-    codec: str = "callic"
-    steps: int = 0
-    adapt_patches: int = 32
+    codec: str = "auto"
+    steps: int = DEFAULT_STEPS
+    adapt_patches: int = DEFAULT_ADAPT_PATCHES
     model: str | None = None  # a model file; None = the shipped default
     batch: int = 0  # images adapted together; 0 = 8 on a GPU, 1 on a CPU
     jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
     quality: int | None = None  # cca: the shipped rate point (None: the highest)
     lossy_model: str | None = None  # cca: a model file instead of a shipped rate point
     lossy_model_hash: str | None = None  # cca: the model the job was started with (resume checks it)
+    jxl_effort: int = DEFAULT_JXL_EFFORT  # libjxl effort of the JPEG-XL lossless files (1..10)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,10 +84,15 @@ class ArchiveCodec:
     def __init__(self, settings: CodecSettings, resources: Resources) -> None:
         import torch
 
+        from codec.rpft import AdaptConfig
         from jobs.runtime import setup_torch
 
         if settings.codec not in CODECS:
             raise UnsupportedError(f"codec {settings.codec!r} is not available (choose from {', '.join(CODECS)})")
+        try:
+            fallback.check_jxl_effort(settings.jxl_effort)
+        except ValueError as exc:
+            raise UnsupportedError(str(exc)) from None
         device = resources.device if resources.device == "cpu" or torch.cuda.is_available() else "cpu"
         setup_torch(resources.threads, device)
         self.settings, self.device = settings, device
@@ -184,6 +198,7 @@ class ArchiveCodec:
         return self._code_lossless(rasters, verify)
 
     def _code_lossy(self, raster: Raster, verify: bool) -> tuple[bytes, EncodeReport, float]:
+        from codec.api import EncodeReport
         from codec.lossy.api import encode_lossy
 
         timings: dict[str, float] = {}
@@ -192,22 +207,24 @@ class ArchiveCodec:
         return blob, report, timings["encode_s"]
 
     def _code_lossless(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+        """The ``.cllc`` files of a batch: ``codec.api.encode_many`` with the job's coder choice
+        (``auto``: the smaller of the learned and the JPEG-XL file; ``callic``: the learned one)."""
+        from codec.api import encode_many
+
         if not rasters:
             return []
         start = time.perf_counter()
-        pairs = encode_many(rasters, model=self.model, device=self.device, adapt=self.adapt, verify=verify)
+        pairs = encode_many(
+            rasters,
+            model=self.model,
+            device=self.device,
+            adapt=self.adapt,
+            verify=verify,
+            coder=LOSSLESS_CODER[self.settings.codec],
+            jxl_effort=self.settings.jxl_effort,
+        )
         share = (time.perf_counter() - start) / len(rasters)
-        out = []
-        for raster, (blob, report) in zip(rasters, pairs, strict=True):
-            encode_s = share - report.timings.get("verify_s", 0.0)
-            if self.settings.codec == "auto" and report.coder == "mgcf":
-                t0 = time.perf_counter()
-                classical = codec.encode(raster, learned=False, verify=verify)
-                encode_s += time.perf_counter() - t0
-                if len(classical) < len(blob):
-                    blob, report = classical, EncodeReport(bytes=len(classical), coder="jxl-lossless")
-            out.append((blob, report, encode_s))
-        return out
+        return [(blob, report, share - report.timings.get("verify_s", 0.0)) for blob, report in pairs]
 
     def _fields(self, coded: tuple[bytes, EncodeReport, float], raster: Raster, fmt: str) -> Encoded:
         blob, report, encode_s = coded
@@ -217,7 +234,7 @@ class ArchiveCodec:
             **_pixel_fields(raster),
             "codec": "callic" if learned else report.coder,
             "format": fmt,
-            "bpsp": 8 * len(blob) / raster.pixels.size,
+            "bpsp": None if lossy else 8 * len(blob) / raster.pixels.size,  # lossy rows: bpp and psnr
             "steps": report.steps if learned else 0,
             "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
@@ -225,6 +242,11 @@ class ArchiveCodec:
             "pixel_hash": codec.info(blob)["pixel_sha256"] if lossy else raster_hash(raster).hex(),
             "model_hash": self.model_hash if learned else self.lossy.digest.hex() if lossy else None,
         }
+        if lossy:  # the lossy units: bits per pixel, and the PSNR of what a restore gives back
+            from jobs.quality import psnr
+
+            recon = codec.decode(blob, lossy_model=self.lossy, device=self.device).pixels
+            fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=psnr(raster.pixels, recon))
         return Encoded(blob, ".cllc", fields)
 
     # ------------------------------------------------------------------ restore

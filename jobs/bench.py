@@ -9,7 +9,8 @@ Codecs and their settings (imagecodecs; ``numthreads`` = ``--threads`` where the
 ============  ==================================================================================
 callic        ``codec.api.encode`` / ``decode`` with the given (or shipped) model; ``--steps`` and
               ``--adapt-order`` (comma lists) run one variant per (T, order), named ``callic``
-              for T = 0 and ``callic-t<T>[-<order>]`` otherwise; sizes include the adapters
+              for T = 0 and ``callic-t<T>[-<order>]`` otherwise; sizes include the adapters;
+              always the learned coder's file (``coder="learned"``), never JPEG-XL's
 jxl-e7/-e9    JPEG XL ``lossless=True, effort=7/9`` (``level=100`` is *not* lossless in imagecodecs)
 webp-m6       WebP lossless ``method=6, level=100`` (in lossless mode level is the effort: cwebp -z 9)
 jpeg2000      reversible 5/3 wavelet, ``mct=True`` (the reversible colour transform RCT), J2K codestream
@@ -43,6 +44,7 @@ from typing import Any
 import imagecodecs
 import numpy as np
 
+from codec.defaults import DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.images import read_image
 from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
@@ -136,9 +138,10 @@ def add_green(pixels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Variant:
-    """One callic configuration under test: T (0 = no adaptation) and the RPFT patch order."""
+    """One callic configuration under test: T (0 = no adaptation; default the CLI's and the API's
+    ``DEFAULT_STEPS``) and the RPFT patch order."""
 
-    steps: int = 0
+    steps: int = DEFAULT_STEPS
     order: str = "rate"
 
     @property
@@ -155,7 +158,8 @@ def callic_codec(model: Any, device: str, adapt: Any, name: str) -> Codec:
     last: Row = {}
 
     def encode(pixels: np.ndarray) -> bytes:
-        [(data, report)] = codec.api.encode_many([pixels], model=model, device=device, adapt=adapt)
+        # The learned coder's own file: "auto" would hand JPEG-XL's in where it is smaller.
+        [(data, report)] = codec.api.encode_many([pixels], model=model, device=device, adapt=adapt, coder="learned")
         last.clear()
         last.update({k: report.timings.get(k) for k in STAGES})
         last.update(adapters=report.adapters, adapter_bytes=report.adapter_bytes)
@@ -177,7 +181,7 @@ def build_codecs(
     model_path: str | None,
     device: str,
     threads: int | None,
-    variants: Sequence[Variant] = (Variant(),),
+    variants: Sequence[Variant] = (Variant(0),),
     adapt_for: Callable[[Variant], Any] = lambda v: None,
 ) -> tuple[list[Codec], str | None]:
     """The selected codecs in the order given; the model is only loaded when callic is among them."""
@@ -342,15 +346,21 @@ def bench_image(
 
 
 def run(
-    fs: Any, paths: Sequence[str], names: Sequence[str], codecs: Sequence[Codec], repeat: int, log: RowLog
+    fs: Any,
+    paths: Sequence[str],
+    names: Sequence[str],
+    codecs: Sequence[Codec],
+    repeat: int,
+    log: RowLog,
+    quiet: bool = False,
 ) -> list[Row]:
-    """Every (image, codec) pair not already in ``log.done``, in this process, with a progress bar,
-    each row logged as it is made. Returns all rows, in order."""
+    """Every (image, codec) pair not already in ``log.done``, in this process, with a progress bar
+    (none if ``quiet``), each row logged as it is made. Returns all rows, in order."""
     from tqdm import tqdm
 
     codec_names = [c.name for c in codecs]
     missing = sum((n, c) not in log.done for n in names for c in codec_names)
-    with tqdm(total=missing, desc="bench", unit="run", file=sys.stderr) as bar:
+    with tqdm(total=missing, desc="bench", unit="run", file=sys.stderr, disable=quiet) as bar:
 
         def on_row(row: Row) -> None:
             log.add(row)
@@ -677,6 +687,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``callic`` subcommands."""
     p = sub.add_parser("bench", help="lossless benchmark: callic vs JPEG XL, WebP, JPEG 2000, JPEG-LS, PNG")
     p.add_argument("input", help="folder or fsspec URL (file://..., s3://bucket/prefix), searched recursively")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary (errors still show)")
     p.add_argument("--out", default="callic-bench", help="folder for results.parquet, report.md and bpsp.png")
     p.add_argument(
         "--codecs",
@@ -694,7 +705,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="keep the rows an earlier run into --out finished (same settings) and run only the rest",
     )
     p.add_argument("--repeat", type=_positive, default=1, help="timing runs per image and codec; the median is kept")
-    p.add_argument("--steps", type=_int_list, default=[0], help="callic fine-tuning steps T, comma list (default 0)")
+    p.add_argument(
+        "--steps",
+        type=_int_list,
+        default=[DEFAULT_STEPS],
+        help=f"callic fine-tuning steps T, comma list (default {DEFAULT_STEPS}, as encode and archive; "
+        f"images under {MIN_ADAPT_PIXELS} pixels are never adapted)",
+    )
     p.add_argument(
         "--adapt-order", type=_order_list, default=["rate"], help="RPFT patch orders, comma list (rate,random,all)"
     )
@@ -737,7 +754,7 @@ def main(args: argparse.Namespace) -> int:
         "threads": args.threads,
         **({"workers": args.workers} if args.workers else {}),
         "repeat": args.repeat,
-        **{k: getattr(args, k) for k in ("lr", "adapt_patches", "lora_rank", "tucker_ranks")},
+        **{k: getattr(args, k) for k in ("lr", "adapt_patches", "lora_rank", "tucker_ranks", "adapt_min_pixels")},
     }
     log = RowLog(Path(args.out), settings, args.resume)
     if args.workers:
@@ -747,14 +764,15 @@ def main(args: argparse.Namespace) -> int:
         factory = BenchCodecs(tuple(args.codecs), args.model, args.device, tuple(chosen), tuple(configs.items()))
         rows = run_on_ray(fs, paths, names, factory, codec_names, args.repeat, log, args.workers)
     else:
-        rows = run(fs, paths, names, codecs, args.repeat, log)
+        rows = run(fs, paths, names, codecs, args.repeat, log, quiet=args.quiet)
     env = environment(args.device, model_hash, args.workers)
     write_report(Path(args.out), rows, codec_names, env)
     summary, common, reference = summarize(rows, codec_names)
-    print(f"{len(paths)} images, mean bpsp over the {len(common)} that every codec verified")
-    print(summary_table(summary, reference))
     failures = sum(s["failures"] for s in summary)
     if failures:
         print(f"{failures} failed runs: see {Path(args.out) / 'report.md'}", file=sys.stderr)
-    print(f"results in {args.out}/ (results.parquet, report.md, bpsp.png)")
+    if not args.quiet:
+        print(f"{len(paths)} images, mean bpsp over the {len(common)} that every codec verified")
+        print(summary_table(summary, reference))
+        print(f"results in {args.out}/ (results.parquet, report.md, bpsp.png)")
     return 0

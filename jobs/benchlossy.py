@@ -4,7 +4,9 @@ JPEG-XL, all measured in the same run on the same images.
 For every image and every setting of every codec: real file bytes (bits per pixel), RGB PSNR,
 MS-SSIM (``jobs.quality``), encode and decode seconds. Our points are the CCA model files (one per
 rate point, the shipped ones by default), each decoded from its bytes (and checked against the
-stored reconstruction hash). A curve is the mean over images at each setting (as Kodak curves
+stored reconstruction hash); their setting is named as in ``callic encode --codec cca
+--quality Q``: quality 1..N, the Q-th model file given (the shipped rate points, lowest quality
+first, by default). A curve is the mean over images at each setting (as Kodak curves
 are drawn); BD-rate (``jobs.bdrate``) compares our curve with each anchor on PSNR and on MS-SSIM
 in dB (-10 log10(1 - MS-SSIM)).
 
@@ -74,12 +76,13 @@ def anchor_codecs(threads: int | None) -> list[LossyCodec]:
 
 
 def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str]]:
-    """Our codec, one setting per model file (rate point), in the order given."""
+    """Our codec, one setting per model file (rate point), in the order given: quality 1..N, the
+    numbering of ``callic encode --quality`` for the shipped rate points."""
     import codec
     from codec.lossy.api import encode_lossy, load_lossy_model
 
     models = [load_lossy_model(f, device=device) for f in model_files]
-    by_index = dict(enumerate(models))
+    by_index = dict(enumerate(models, start=1))
 
     def encode(pixels: np.ndarray, index: int) -> bytes:
         return encode_lossy(pixels, model=by_index[index])
@@ -165,7 +168,7 @@ def report(cv: dict[str, list[dict]], bd: list[dict], env: str, failures: list[d
     lines += [f"| {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd]
     lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bdrate``).", ""]
     lines += ["## Curves (mean over images at each setting)", ""]
-    lines += ["| codec | setting | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
+    lines += ["| codec | setting (cca: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
               "|---|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
     for name, points in cv.items():
         for p in points:
@@ -235,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
                     rows.append(row)
                     log.write(json.dumps(row) + "\n")
                     log.flush()
-            print(f"{name}: done", file=sys.stderr)
+            if not args.quiet:
+                print(f"{name}: done", file=sys.stderr)
     cv = curves(rows)
     bd = bd_table(cv)
     env = (f"{len(paths)} images from {args.input}; cca models {', '.join(hashes) or 'none'}; "
@@ -244,5 +248,6 @@ def main(args: argparse.Namespace) -> int:
     (out / "lossy-report.md").write_text(text)
     (out / "lossy-curves.json").write_text(json.dumps({"curves": cv, "bd_rate": bd, "environment": env}, indent=1))
     plot(out / "rd.png", cv)
-    print(text)
+    if not args.quiet:
+        print(text)
     return 0

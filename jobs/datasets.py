@@ -354,8 +354,10 @@ def prepare(
     spec: DatasetSpec | None = None,
     manifests: Path = MANIFESTS,
     log: Callable[[str], None] = print,
+    quiet: bool = False,
 ) -> dict[str, Path]:
-    """Build the chosen sets under ``root``; returns each set's manifest path."""
+    """Build the chosen sets under ``root``; returns each set's manifest path. ``quiet``: no
+    progress bars (``log`` says what else is printed)."""
     spec = spec or default_spec()
     writers = {
         s: SetWriter(root, s, load_manifest(manifests / f"{s}.json"), strict=s != "train", log=log) for s in sets
@@ -369,10 +371,11 @@ def prepare(
         ]
         if not todo:
             continue
-        path = download(archive, root / "downloads")
+        path = download(archive, root / "downloads", quiet)
         names = [n for _, item in todo for n in ((item.member,) if isinstance(item, Photo) else (item.raw, item.meta))]
         members = read_members(path, names)
-        for set_name, item in tqdm(todo, desc=archive.name, unit="image", leave=False, file=sys.stderr):
+        bar = tqdm(todo, desc=archive.name, unit="image", leave=False, file=sys.stderr, disable=quiet)
+        for set_name, item in bar:
             if isinstance(item, Photo):
                 pixels = decode_rgb8(members.pop(item.member), item.member)
                 if item.reduce > 1:
@@ -399,6 +402,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("data", help="download and prepare the training and evaluation image sets")
     p.add_argument("sets", nargs="*", default=list(SETS), help=f"which sets (default: all of {', '.join(SETS)})")
     p.add_argument("--root", type=Path, help="data folder (default: $CALLIC_DATA or ~/.cache/callic/data)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary (errors still show)")
     p.set_defaults(func=main)
 
 
@@ -406,5 +410,6 @@ def main(args) -> int:
     unknown = set(args.sets) - set(SETS)
     if unknown:
         raise DataError(f"unknown set(s) {sorted(unknown)}; choose from {', '.join(SETS)}")
-    prepare(args.root or default_root(), tuple(args.sets))
+    quiet = args.quiet
+    prepare(args.root or default_root(), tuple(args.sets), log=(lambda m: None) if quiet else print, quiet=quiet)
     return 0

@@ -67,8 +67,9 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(archive: Archive, cache: Path) -> Path:
-    """Return the archive's local path, downloading it once; the hash is checked either way."""
+def download(archive: Archive, cache: Path, quiet: bool = False) -> Path:
+    """Return the archive's local path, downloading it once; the hash is checked either way.
+    ``quiet``: no progress bar."""
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / archive.filename
     if path.exists() and _sha256_file(path) == archive.sha256:
@@ -77,7 +78,8 @@ def download(archive: Archive, cache: Path) -> Path:
     try:
         with urllib.request.urlopen(archive.url, timeout=60) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=archive.filename, leave=False) as bar:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=archive.filename, leave=False, disable=quiet)
+            with bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))

@@ -85,6 +85,7 @@ class TrainConfig:
     cca_weight: float = 1.0
     crop: int = 256
     slice_k: float | None = None  # None: the preset's power-schedule exponent
+    quiet: bool = False  # no progress bar or final line (--quiet)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -287,7 +288,7 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     metrics: list[dict[str, float]] = []
     first_step = step
     interval = 1 if sys.stderr.isatty() else 60
-    bar = tqdm(total=tc.steps, initial=step, disable=ctx.rank != 0, file=sys.stderr, mininterval=interval)
+    bar = tqdm(total=tc.steps, initial=step, disable=ctx.rank != 0 or tc.quiet, file=sys.stderr, mininterval=interval)
     if ctx.rank == 0 and step == 0 and tiles is not None:
         rows.append(_log_row(tc, ctx, 0, 0.0, [], _validate(objective, model, tiles, ctx.device)))
         run.write_log(rows)
@@ -332,7 +333,8 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     if ctx.rank != 0:
         return None
     path = run.export(model.eval())
-    print(f"model: {path}")
+    if not tc.quiet:
+        print(f"model: {path}")
     return path
 
 
@@ -435,6 +437,7 @@ def main(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a codec model (MGCF, or the lossy CCA model) on images (resumable)")
     p.add_argument("data", help="folder or fsspec URL of training images")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or final line (errors still show)")
     p.add_argument("--out", default="callic-train", help="run folder or URL: checkpoint, log.csv, model/")
     p.add_argument("--codec", choices=sorted(OBJECTIVES), default="callic", help="callic (lossless) or cca (lossy)")
     p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +32,16 @@ class ClusterError(CallicError):
     exit_code = 11
 
 
-def connect(address: str | None) -> None:
+def connected() -> bool:
+    """Whether this process has joined a Ray cluster already (``connect`` then does nothing)."""
+    return ray.is_initialized()
+
+
+def connect(address: str | None, log_json: bool = False) -> None:
     """Join the Ray cluster at ``address`` ("auto", "ray://host:10001", "host:6379"), or start a
-    local one. Ray's own log lines stay out of the terminal unless something goes wrong.
+    local one. Ray's own log lines stay out of the terminal unless something goes wrong. With
+    ``log_json`` the workers' output is not forwarded to the driver at all (``log_to_driver``):
+    stderr must then hold JSON lines only; it stays in Ray's session logs (``/tmp/ray``).
 
     A local cluster gets the cores this process really has (Ray counts the machine's, ignoring CPU
     affinity), so that workers x threads never exceeds them; workers on a remote cluster get
@@ -41,7 +50,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.ERROR)
-    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": not log_json}
     if address:
         kwargs["address"] = address
         kwargs["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
@@ -92,12 +101,20 @@ def plan(workers: int | None, gpus_per_worker: float) -> Plan:
 PLACEMENT_TIMEOUT_S = 300
 
 
-def wait_placed(actors: list[Any], p: Plan) -> None:
-    """Fail clearly, instead of waiting forever, when the cluster cannot host the actors."""
-    ready, _ = ray.wait([a.pid.remote() for a in actors], num_returns=len(actors), timeout=PLACEMENT_TIMEOUT_S)
-    if len(ready) < len(actors):
+def wait_placed(actors: list[Any], p: Plan, tick: Callable[[], None] | None = None) -> None:
+    """Wait until every actor has started (built its codec: loaded the model), calling ``tick``
+    about once a second meanwhile (a progress bar's clock); fail clearly, instead of waiting
+    forever, when the cluster cannot host the actors."""
+    pending = [a.pid.remote() for a in actors]
+    deadline = time.monotonic() + PLACEMENT_TIMEOUT_S
+    while pending and (left := deadline - time.monotonic()) > 0:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(1.0, left))
+        if tick is not None:
+            tick()
+    ready = len(actors) - len(pending)
+    if ready < len(actors):
         raise ClusterError(
-            f"only {len(ready)} of {len(actors)} workers ({p.cpus_per_worker} CPUs, {p.gpus_per_worker} GPUs each) "
+            f"only {ready} of {len(actors)} workers ({p.cpus_per_worker} CPUs, {p.gpus_per_worker} GPUs each) "
             f"started within {PLACEMENT_TIMEOUT_S} s: the cluster lacks the resources (see `ray status`)"
         )
 
@@ -156,28 +173,37 @@ class _Progress:
 ShardWorker = ray.remote(_ShardWorker)
 CodecHolder = ray.remote(_CodecHolder)
 Progress = ray.remote(num_cpus=0)(_Progress)
-PROGRESS_TIMEOUT_S = 5.0
 
 
 class ProgressCounts:
-    """The driver's side of the ``Progress`` actor. Ray may kill that actor like any other (memory
-    pressure, its node lost), and it only feeds the progress bar, so losing it must never stop a
-    job: from then on the bar shows the counts of finished shards instead (workers' updates to a
-    dead actor are dropped by Ray without harm)."""
+    """The driver's side of the ``Progress`` actor. Polling never blocks the driver: each call
+    collects the answer to the previous request if it has come, sends the next one, and returns
+    the latest counts (so they lag one poll, about a second). An actor still starting (its process
+    takes seconds on a busy machine) is not lost, only late. Ray may kill the actor like any
+    other (memory pressure, its node lost), and it only feeds the progress bar, so losing it must
+    never stop a job: from then on the bar shows the counts of finished shards instead (workers'
+    updates to a dead actor are dropped by Ray without harm)."""
 
     def __init__(self) -> None:
         self.actor = Progress.remote()
         self.lost = False
+        self._asked: Any = None  # the request not answered yet
+        self._last = (0, 0)
 
     def counts(self, fallback: tuple[int, int]) -> tuple[int, int]:
-        """(ok, failed) from the actor, or ``fallback`` once it is lost or does not answer."""
+        """(ok, failed): the actor's latest answer, or ``fallback`` (the exact counts of finished
+        work) once the actor is lost, or where it is ahead (a stuck actor's counts stop moving)."""
         if not self.lost:
             try:
-                return ray.get(self.actor.counts.remote(), timeout=PROGRESS_TIMEOUT_S)
-            except RayError as exc:  # GetTimeoutError is one too
+                if self._asked is not None and ray.wait([self._asked], timeout=0)[0]:
+                    self._last = tuple(ray.get(self._asked))
+                    self._asked = None
+                if self._asked is None:
+                    self._asked = self.actor.counts.remote()
+            except RayError as exc:
                 self.lost = True
                 log.warning("progress counter lost (%s): counting finished shards instead", type(exc).__name__)
-        return fallback
+        return self._last if not self.lost and sum(self._last) >= sum(fallback) else fallback
 
 
 def actor_options(p: Plan) -> dict[str, Any]:

@@ -42,20 +42,27 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
 
 
-def pending_tasks(spec: JobSpec, sources: pa.Table, rows: pa.Table) -> list[ShardTask]:
-    """Shards with images still to do: never tried, or failed fewer than ``max_attempts`` times
-    and never succeeded. Each image's attempt number continues from its manifest rows."""
-    ok: set[str] = set()
+def pending_tasks(spec: JobSpec, sources: pa.Table, rows: pa.Table, retry_failed: bool = False) -> list[ShardTask]:
+    """Shards with images still to do: never tried; or never succeeded, whose latest failure is
+    retryable (storage, timeout, lost worker) and who have failed fewer than ``max_attempts``
+    times. A permanent failure (the input itself is unreadable, truncated, unsupported...) is not
+    retried: the same bytes fail the same way. ``retry_failed`` retries every failed image once
+    more, whatever its kind and attempts (the user fixed the files, or the outage is over). Each
+    image's attempt number continues from its manifest rows."""
     tries: dict[str, int] = {}
-    for key, status, attempt in zip(
-        rows["source_key"].to_pylist(), rows["status"].to_pylist(), rows["attempt"].to_pylist(), strict=True
-    ):
-        if status == "ok":
-            ok.add(key)
+    for key, attempt in zip(rows["source_key"].to_pylist(), rows["attempt"].to_pylist(), strict=True):
         tries[key] = max(tries.get(key, 0), attempt or 1)
+
+    def settled(r: dict[str, Any]) -> bool:  # succeeded, or failed and not to be retried
+        if r["status"] == "ok":
+            return True
+        return not retry_failed and (not manifest.row_retryable(r) or tries[r["source_key"]] >= spec.max_attempts)
+
+    final = manifest.compact(rows).select(["source_key", "status", "error", "retryable"]).to_pylist()
+    done = {r["source_key"] for r in final if settled(r)}
     by_shard: dict[int, list[str]] = {}
     for shard, key in zip(sources["shard"].to_pylist(), sources["source_key"].to_pylist(), strict=True):
-        if key not in ok and tries.get(key, 0) < spec.max_attempts:
+        if key not in done:
             by_shard.setdefault(shard, []).append(key)
     return [
         ShardTask(
@@ -105,9 +112,11 @@ def run(
     queue: deque[ShardTask] = deque(tasks)
     tries: dict[int, int] = {}
     inflight: dict[Any, tuple[ShardTask, int]] = {}
-    bar = ProgressBar(summary.images, enabled=show_progress)
+    # The actors load the model as they start: the bar says so, with its elapsed time moving.
+    bar = ProgressBar(summary.images, enabled=show_progress, desc=f"archive: starting {p.workers} worker(s)")
     try:
-        cluster.wait_placed(actors, p)
+        cluster.wait_placed(actors, p, tick=bar.tick)
+        bar.describe("archive")
         while queue or inflight:
             busy = {slot for _, slot in inflight.values()}
             for slot in range(len(actors)):
@@ -115,7 +124,7 @@ def run(
                     task = queue.popleft()
                     inflight[actors[slot].run.remote(task)] = (task, slot)
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            bar.update(*progress.counts((summary.ok, summary.failed)))
+            bar.update(*progress.counts((summary.ok, summary.failed)))  # per image, as workers finish them
             for ref in done:
                 task, slot = inflight.pop(ref)
                 try:
@@ -157,6 +166,7 @@ def run(
                     seconds=round(result.seconds, 3),
                     manifest=result.manifest_key,
                 )
+        bar.update(summary.ok, summary.failed)  # the exact counts (live ones may lag or count retries)
     finally:
         bar.close()
         for actor in actors:

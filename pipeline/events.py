@@ -48,10 +48,15 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(json_lines: bool, verbose: bool) -> None:
-    """Send pipeline logs to stderr: JSON lines, or text; INFO with ``verbose`` or JSON, else WARNING."""
+    """Send pipeline logs to stderr: JSON lines, or text; INFO with ``verbose`` or JSON, else WARNING.
+    With JSON lines, Python warnings become JSON lines too (stderr must hold nothing else)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    for name in ("callic.events", "pipeline"):
+    names = ["callic.events", "pipeline"]
+    if json_lines:
+        logging.captureWarnings(True)
+        names.append("py.warnings")
+    for name in names:
         lg = logging.getLogger(name)
         lg.handlers[:] = [handler]
         lg.setLevel(logging.INFO if json_lines or verbose else logging.WARNING)

@@ -12,14 +12,22 @@ Columns (``SCHEMA``):
 
 ==================  ============================================================================
 job                 job id
-shard               shard number (``sources.parquet`` lists each shard's images)
+shard               shard number (the job's ``sources-<token>.parquet``, named by its
+                    ``job.json``, lists each shard's images; ``sources.parquet`` in version-1 jobs)
 source_key          the image's path relative to the job's SRC
 output_key          where its compressed bytes are, relative to the job folder
 offset, length      byte range inside ``output_key`` (a pack); offset is null for one object per image
 status              ``ok`` or ``failed``
 error               why it failed (type and message), else null
+retryable           failed rows: whether another attempt can change the outcome. True for storage
+                    errors, read timeouts and lost workers (``resume`` retries them, up to
+                    ``max_attempts``); false for the input itself: unreadable, truncated, corrupt
+                    or unsupported, over the size limit, not a regular file (only
+                    ``resume --retry-failed`` retries them). Null for ok rows. Rows written before
+                    this column existed get it from their error's exception type (``retryable``)
 codec               ``callic`` (learned), ``jxl-lossless`` / ``zlib`` (classical coders in a
-                    ``.cllc``), ``passthrough`` (the original bytes, e.g. a JPEG)
+                    ``.cllc``), ``cca`` (lossy), ``jpeg-jxl`` (a JPEG transcoded losslessly),
+                    ``passthrough`` (the original bytes, e.g. a JPEG)
 format              the source file's format (PNG, TIFF, JPEG...), restored as such
 width, height       pixels
 mode                Pillow mode (``RGB``, ``L``, ``RGB;16``...)
@@ -27,11 +35,18 @@ bit_depth           bits per sample
 raw_bytes           uncompressed pixel bytes (width x height x channels x bytes per sample)
 source_bytes        size of the source file
 compressed_bytes    size of what is stored (``length``)
-bpsp                8 x compressed_bytes / (width x height x channels)
+bpsp                lossless rows: 8 x compressed_bytes / (width x height x channels), bits per
+                    subpixel; null for lossy rows
+bpp                 lossy (``cca``) rows: 8 x compressed_bytes / (width x height), bits per pixel
+psnr                lossy rows: PSNR in dB of the stored reconstruction against the source pixels
+                    (peak 255; inf when they are equal)
 steps               adaptation steps (0: none)
 adapter_bytes       bytes of the per-image adapter section (0: none)
 encode_s, verify_s  seconds spent encoding and verifying this image
-pixel_hash          SHA-256 of the pixels as the ``.cllc`` HEAD stores it (hex); null for passthrough
+pixel_hash          the hash the ``.cllc`` HEAD stores (hex): for format version 2 files the image
+                    hash of ``codec.raster.raster_hash`` (pixels, mode, palette, transparency and
+                    metadata), for version 1 files of the pixels alone; for lossy rows that of the
+                    reconstruction; null for passthrough and jpeg-jxl
 source_sha256       SHA-256 of the source file's bytes
 model_hash          SHA-256 of the model file (hex), when the learned coder was used
 worker              host:pid/Ray node id (first 8 hex digits) of the worker
@@ -44,6 +59,7 @@ time                when the row was written (UTC)
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -62,6 +78,7 @@ SCHEMA = pa.schema(
         ("length", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("retryable", pa.bool_()),
         ("codec", pa.string()),
         ("format", pa.string()),
         ("width", pa.int32()),
@@ -72,6 +89,8 @@ SCHEMA = pa.schema(
         ("source_bytes", pa.int64()),
         ("compressed_bytes", pa.int64()),
         ("bpsp", pa.float64()),
+        ("bpp", pa.float64()),
+        ("psnr", pa.float64()),
         ("steps", pa.int16()),
         ("adapter_bytes", pa.int32()),
         ("encode_s", pa.float64()),
@@ -90,6 +109,44 @@ SHARD_DIR = "manifest"
 COMPACTED = "manifest.parquet"
 
 
+# Exception types (by name, so that old manifests' error texts classify the same way) of failures
+# that no retry can change: the source itself is unreadable, damaged, unsupported or refused.
+PERMANENT_ERRORS = (
+    "ImageReadError",
+    "InexactReadError",
+    "UnidentifiedImageError",
+    "DecompressionBombError",
+    "CorruptFileError",
+    "UnsupportedError",
+)
+# ``SourceError`` is both: a refused source (too large, not a regular file) is permanent, an
+# object-store read that timed out is not.
+_TIMEOUT = "no answer within"
+_PERMANENT_TEXT = rf"^(?:{'|'.join(PERMANENT_ERRORS)}):"
+
+
+def retryable(error: str | BaseException | None) -> bool:
+    """Whether a failure (an exception, or a row's error text, ``"Type: message"``) may go away on
+    another attempt. Only the input's own faults are permanent; anything else (storage errors,
+    timeouts, lost workers, "gave up after N attempts", errors we do not know) is retried, as
+    every failure was before failures were told apart."""
+    if isinstance(error, BaseException):
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if "SourceError" in names:
+            return _TIMEOUT in str(error)
+        return not names & set(PERMANENT_ERRORS)
+    text = error or ""
+    if text.startswith("SourceError:"):
+        return _TIMEOUT in text
+    return re.match(_PERMANENT_TEXT, text) is None
+
+
+def row_retryable(row: dict[str, Any]) -> bool:
+    """A failed row's ``retryable``, derived from its error text where it is null."""
+    value = row.get("retryable")
+    return retryable(row.get("error")) if value is None else bool(value)
+
+
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
     unknown = {k for row in rows for k in row} - set(COLUMNS)
     if unknown:
@@ -104,7 +161,28 @@ def to_bytes(table: pa.Table) -> bytes:
 
 
 def from_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data)).cast(SCHEMA)
+    """A manifest file as a table of ``SCHEMA``. Files written before a column existed load with
+    it null, except ``retryable`` of their failed rows, derived from the error text; columns this
+    version does not know are dropped."""
+    table = pq.read_table(io.BytesIO(data))
+    n = table.num_rows
+    columns = [table[c] if c in table.column_names else pa.nulls(n, SCHEMA.field(c).type) for c in COLUMNS]
+    table = pa.Table.from_arrays(columns, names=list(COLUMNS)).cast(SCHEMA)
+    return _fill_retryable(table)
+
+
+def _fill_retryable(table: pa.Table) -> pa.Table:
+    """Classify failed rows that have no ``retryable`` yet, from their error text (vectorized: a
+    manifest may hold millions of rows)."""
+    column = table["retryable"]
+    unset = pc.and_(pc.not_equal(table["status"], "ok"), pc.is_null(column))
+    if not pc.any(unset).as_py():
+        return table
+    error = table["error"]
+    refused = pc.and_(pc.starts_with(error, "SourceError:"), pc.invert(pc.match_substring(error, _TIMEOUT)))
+    permanent = pc.fill_null(pc.or_(pc.match_substring_regex(error, _PERMANENT_TEXT), refused), False)
+    filled = pc.if_else(unset, pc.invert(permanent), column)
+    return table.set_column(table.schema.get_field_index("retryable"), "retryable", filled)
 
 
 def write_shard(job: Store, shard: int, token: str, rows: list[dict[str, Any]]) -> str:

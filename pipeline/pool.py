@@ -65,25 +65,33 @@ def run(
     on_done: Callable[[Outcome[T]], None],
     what: str = "task",
     split: Callable[[T], list[T]] | None = None,
+    tick: Callable[[], None] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> PoolStats:
     """Run every task on ``p.workers`` actors built by ``new_actor``; ``call(actor, task)`` starts
     one and returns its ObjectRef. A task whose actor dies is retried on a new actor (split into
     the parts ``split`` gives, so that one item that kills its worker, say a huge image under
     memory pressure, does not take the others down with it); one that raises is retried as it is.
-    ``on_done`` gets each task's outcome as soon as it is known."""
+    ``on_done`` gets each task's outcome as soon as it is known; ``tick``, if given, is called
+    about once a second while the actors start and tasks run (a progress bar polling per-item
+    counts); ``on_started`` once every actor has started (built its codec)."""
     stats = PoolStats()
     actors = [new_actor() for _ in range(min(p.workers, len(tasks)))]
     queue: deque[tuple[T, int]] = deque((t, 1) for t in tasks)
     inflight: dict[Any, tuple[T, int, int]] = {}  # ref -> (task, attempt, actor slot)
     try:
-        cluster.wait_placed(actors, p)
+        cluster.wait_placed(actors, p, tick)
+        if on_started is not None:
+            on_started()
         while queue or inflight:
             busy = {slot for _, _, slot in inflight.values()}
             for slot in range(len(actors)):
                 if queue and slot not in busy:
                     task, attempt = queue.popleft()
                     inflight[call(actors[slot], task)] = (task, attempt, slot)
-            done, _ = ray.wait(list(inflight), num_returns=1)
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=None if tick is None else 1.0)
+            if tick is not None:
+                tick()
             for ref in done:
                 task, attempt, slot = inflight.pop(ref)
                 try:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import ray
 
 from codec.errors import CallicError
 from pipeline import cluster, events, job, manifest, pool
@@ -274,9 +275,15 @@ def plan(archive: Store, match: str | None) -> tuple[list[tuple[Store, str, dict
 
 
 def restore_rows(
-    codec: ItemCodec, out: Store, items: list[tuple[Store, str, dict[str, Any]]], policy: OutputPolicy
+    codec: ItemCodec,
+    out: Store,
+    items: list[tuple[Store, str, dict[str, Any]]],
+    policy: OutputPolicy,
+    progress: Any = None,
 ) -> list[tuple[str, str | None, int]]:
-    """Restore each item; returns (output key, error or None, bytes written) per item."""
+    """Restore each item; returns (output key, error or None, bytes written) per item. Each item
+    is also counted on ``progress`` (a ``cluster.Progress`` actor) as it ends, so that the
+    driver's bar moves per image, not per chunk."""
     results = []
     portable = windows_local(out)
     for store, out_key, row in items:
@@ -287,6 +294,8 @@ def restore_rows(
             results.append((out_key, None, place(out, out_key, data, policy)))
         except Exception as exc:
             results.append((out_key, f"{type(exc).__name__}: {exc}"[:2000], 0))
+        if progress is not None:
+            progress.add.remote(results[-1][1] is None)
     return results
 
 
@@ -312,7 +321,12 @@ def run(
     resources = Resources(p.device, p.cpus_per_worker)
     policy = OutputPolicy(overwrite, uuid.uuid4().hex[:12])
     events.emit("restore_run", archive=redact(archive.url), out=redact(out.url), images=len(todo), workers=p.workers)
-    bar = ProgressBar(len(todo), enabled=show_progress)
+    starting = f"restore: starting {min(p.workers, len(chunks))} worker(s)"
+    bar = ProgressBar(len(todo), enabled=show_progress, desc=starting)  # they load the model as they start
+    progress = cluster.ProgressCounts()
+
+    def tick() -> None:
+        bar.update(*progress.counts((summary.restored, summary.failed)))
 
     def new_actor() -> Any:
         return cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources)
@@ -328,21 +342,24 @@ def run(
                 summary.failed += 1
                 summary.errors.append(f"{key}: {error}")
                 events.emit("restore_failed", level=30, key=key, error=error)
-        bar.update(summary.restored, summary.failed)
 
     try:
         stats = pool.run(
             chunks,
             new_actor,
-            lambda actor, chunk: actor.run.remote(restore_rows, out, chunk, policy),
+            lambda actor, chunk: actor.run.remote(restore_rows, out, chunk, policy, progress.actor),
             p,
             ATTEMPTS,
             on_done,
             "restore",
             split=lambda chunk: [[item] for item in chunk],  # after a lost worker, image by image
+            tick=tick,
+            on_started=lambda: bar.describe("restore"),
         )
+        bar.update(summary.restored, summary.failed)  # the exact counts (live ones may lag or count retries)
     finally:
         bar.close()
+        ray.kill(progress.actor)
     summary.worker_restarts = stats.worker_restarts
     summary.seconds = time.perf_counter() - start
     return summary

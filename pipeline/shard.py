@@ -107,7 +107,7 @@ def run_shard(
         }
 
     def fail(key: str, exc: BaseException, **fields: Any) -> None:
-        rows.append(row(key, status="failed", error=_error(exc), **fields))
+        rows.append(row(key, status="failed", error=_error(exc), retryable=manifest.retryable(exc), **fields))
         if on_item:
             on_item(False)
 
@@ -172,7 +172,8 @@ def run_shard(
 
 def failed_rows(task: ShardTask, reason: str) -> list[dict[str, Any]]:
     """Rows for a shard the job gave up on (its workers kept dying): each image a failed row, so
-    that no image is silently missing from the manifest."""
+    that no image is silently missing from the manifest. Retryable: a later run may have the
+    memory or the healthy node this one lacked."""
     now = dt.datetime.now(dt.UTC)
     return [
         {
@@ -181,6 +182,7 @@ def failed_rows(task: ShardTask, reason: str) -> list[dict[str, Any]]:
             "source_key": key,
             "status": "failed",
             "error": reason,
+            "retryable": True,
             "attempt": task.attempts.get(key, 1),
             "worker": worker_name(),
             "time": now,

@@ -1,33 +1,51 @@
-"""``status``: where a job stands, read from its folder alone (spec, sources, shard manifests)."""
+"""``status``: where a job stands, read from its folder alone (spec, sources, shard manifests).
+
+Failures are told apart by what ``resume`` does with them: ``failed_permanent`` (the input
+itself: unreadable, truncated, unsupported...; only ``resume --retry-failed`` retries them),
+``failed_retryable`` (storage, timeout, lost worker, with attempts left: ``resume`` retries them)
+and ``failed_out_of_attempts`` (retryable, but ``max_attempts`` used). Sizes are given per kind
+of file in its own unit: lossless files in bits per subpixel, lossy (``cca``) ones in bits per
+pixel with their mean PSNR.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
 from pipeline import job, manifest
 from pipeline.storage import Store
 
+LOSSY_CODECS = ("cca",)
+
 
 def job_status(store: Store) -> dict[str, Any]:
     spec, sources = job.load(store)
     rows = manifest.read_all(store)
     final = manifest.compact(rows)
-    ok = failed = failed_retry = 0
-    source_bytes = stored_bytes = 0
+    ok = failed = permanent = retry = 0
     errors: Counter[str] = Counter()
     codecs: Counter[str] = Counter()
-    for r in final.select(["status", "attempt", "source_bytes", "compressed_bytes", "error", "codec"]).to_pylist():
+    ok_rows = []
+    columns = ["status", "attempt", "error", "retryable", "codec", "width", "height", "raw_bytes", "bit_depth",
+               "source_bytes", "compressed_bytes", "psnr"]  # fmt: skip
+    for r in final.select(columns).to_pylist():
         if r["status"] == "ok":
             ok += 1
             codecs[r["codec"]] += 1
-            source_bytes += r["source_bytes"] or 0
-            stored_bytes += r["compressed_bytes"] or 0
-        else:
-            failed += 1
-            if (r["attempt"] or 1) < spec.max_attempts:
-                failed_retry += 1
-            errors[(r["error"] or "").split(":", 1)[0]] += 1
+            ok_rows.append(r)
+            continue
+        failed += 1
+        errors[(r["error"] or "").split(":", 1)[0]] += 1
+        if not manifest.row_retryable(r):
+            permanent += 1
+        elif (r["attempt"] or 1) < spec.max_attempts:
+            retry += 1
+    lossless = _sizes([r for r in ok_rows if r["codec"] not in LOSSY_CODECS], lossy=False)
+    lossy = _sizes([r for r in ok_rows if r["codec"] in LOSSY_CODECS], lossy=True)
+    source_bytes = lossless["source_bytes"] + lossy["source_bytes"]
+    stored_bytes = lossless["stored_bytes"] + lossy["stored_bytes"]
     times = rows["time"].to_pylist() if rows.num_rows else []
     span = (max(times) - min(times)).total_seconds() if len(times) > 1 else 0.0
     encode_s = sum(v for v in rows["encode_s"].to_pylist() if v) if rows.num_rows else 0.0
@@ -39,16 +57,38 @@ def job_status(store: Store) -> dict[str, Any]:
         "shards": spec.n_shards,
         "ok": ok,
         "failed": failed,  # latest attempt failed
-        "failed_retryable": failed_retry,  # of those, tried fewer than max_attempts times: resume retries them
+        "failed_permanent": permanent,  # the input itself: resume skips them unless --retry-failed
+        "failed_retryable": retry,  # storage, timeout, lost worker, attempts left: resume retries them
+        "failed_out_of_attempts": failed - permanent - retry,  # retryable, max_attempts used
         "pending": spec.n_images - ok - failed,  # never tried, or their shard's attempt did not finish
-        "complete": ok + failed == spec.n_images,
+        "complete": ok + failed == spec.n_images,  # every image has an outcome (failed ones included)
         "attempt_rows": rows.num_rows,
         "source_bytes": source_bytes,
         "stored_bytes": stored_bytes,
         "saved_bytes": source_bytes - stored_bytes,
         "ratio_to_source": round(stored_bytes / source_bytes, 4) if source_bytes else None,
+        "lossless": lossless,
+        "lossy": lossy,
         "codecs": dict(codecs),
         "images_per_s": round(rows.num_rows / span, 4) if span else None,
         "encode_s_total": round(encode_s, 2),
         "errors": dict(errors.most_common(10)),
     }
+
+
+def _sizes(rows: list[dict[str, Any]], lossy: bool) -> dict[str, Any]:
+    """Counts and sizes of one kind of stored file. Lossless: bits per subpixel over all its
+    samples. Lossy: bits per pixel over all its pixels, and the mean of the images' PSNRs (finite
+    ones: an image the codec gave back exactly has an infinite PSNR)."""
+    source = sum(r["source_bytes"] or 0 for r in rows)
+    stored = sum(r["compressed_bytes"] or 0 for r in rows)
+    out: dict[str, Any] = {"images": len(rows), "source_bytes": source, "stored_bytes": stored}
+    if lossy:
+        pixels = sum((r["width"] or 0) * (r["height"] or 0) for r in rows)
+        psnrs = [r["psnr"] for r in rows if r["psnr"] is not None and math.isfinite(r["psnr"])]
+        out["bpp"] = round(8 * stored / pixels, 4) if pixels else None
+        out["psnr_mean"] = round(sum(psnrs) / len(psnrs), 3) if psnrs else None
+    else:
+        samples = sum((r["raw_bytes"] or 0) // max(1, (r["bit_depth"] or 8) // 8) for r in rows)
+        out["bpsp"] = round(8 * stored / samples, 4) if samples else None
+    return out

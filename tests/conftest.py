@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,55 @@ from codec.mgcf import MGCF
 from codec.weights import save_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "samples"
+# The torch the suite must run against (README Quick start); CALLIC_TEST_ANY_TORCH=1 runs it anyway.
+CONSTRAINTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+ANY_TORCH_ENV = "CALLIC_TEST_ANY_TORCH"
+
+
+def pinned_torch(constraints: Path = CONSTRAINTS) -> str | None:
+    """The version `constraints.txt` pins torch to (`torch==X`), or None where it pins none."""
+    for line in constraints.read_text().splitlines():
+        match = re.fullmatch(r"\s*torch\s*==\s*([^\s#;]+)\s*(?:#.*)?", line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def same_torch_release(installed: str, pinned: str) -> bool:
+    """True if `installed` is the pinned release, whatever its local build label (`+cpu`, `+cu128`)."""
+    return installed.split("+", 1)[0] == pinned
+
+
+def torch_line() -> str:
+    pinned = pinned_torch() if CONSTRAINTS.exists() else None
+    return f"torch {torch.__version__} (constraints.txt pins {pinned or 'none'})"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the torch the tests run against: results from another torch are not the tested ones."""
+    return torch_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    """`-q` (the README's command) hides the header, so name the torch next to the result instead."""
+    if not terminalreporter.showheader:
+        terminalreporter.write_line(torch_line())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to run on another torch than constraints.txt pins, before a single test runs: a resolve
+    that moved torch (to 2.14.1 plus 18 nvidia-* wheels, once) would otherwise pass unnoticed."""
+    if os.environ.get(ANY_TORCH_ENV) == "1":
+        return
+    pinned = pinned_torch() if CONSTRAINTS.exists() else None
+    if pinned is None:
+        pytest.exit(f"{CONSTRAINTS} pins no torch (`torch==X` is needed)", returncode=pytest.ExitCode.USAGE_ERROR)
+    if not same_torch_release(torch.__version__, pinned):
+        pytest.exit(
+            f"torch {torch.__version__} is installed but {CONSTRAINTS.name} pins torch=={pinned}: reinstall with "
+            f"`pip install -c constraints.txt torch` (or set {ANY_TORCH_ENV}=1 to run on this torch anyway)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def make_model(cfg: MGCFConfig, seed: int = 0) -> MGCF:

@@ -18,7 +18,8 @@ from codec.errors import CorruptFileError, UnsupportedError
 from codec.rpft import AdaptConfig, fraction
 from tests.conftest import assert_same_pixels
 
-ADAPT = AdaptConfig(steps=8, lr=1e-2)
+ADAPT = AdaptConfig(steps=8, lr=1e-2, min_pixels=0)  # small crops: adapted all the same
+LEARNED = {"coder": "learned"}  # the learned coder's file, not the smaller of it and JPEG-XL's
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def image(samples) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def adapted_file(image, tiny_model):
-    [(data, report)] = codec.api.encode_many([image], model=tiny_model, adapt=ADAPT)
+    [(data, report)] = codec.api.encode_many([image], model=tiny_model, adapt=ADAPT, **LEARNED)
     return data, report
 
 
@@ -57,13 +58,13 @@ def test_adapted_file_round_trips_and_counts_the_adapter_bits(image, adapted_fil
 
 
 def test_adapters_make_the_file_smaller(image, adapted_file, tiny_model):
-    plain = codec.encode(image, model=tiny_model)
+    plain = codec.encode(image, model=tiny_model, adapt=None, **LEARNED)
     assert len(adapted_file[0]) < len(plain)
 
 
 def test_no_adaptation_means_no_adapter_section(image, tiny_model):
-    plain = codec.encode(image, model=tiny_model)
-    zero = codec.encode(image, model=tiny_model, adapt=AdaptConfig(steps=0))
+    plain = codec.encode(image, model=tiny_model, adapt=None, **LEARNED)
+    zero = codec.encode(image, model=tiny_model, adapt=AdaptConfig(steps=0), **LEARNED)
     assert zero == plain
     assert not codec.info(zero)["adapted"] and "ADPT" not in codec.info(zero)["sections"]
 
@@ -71,10 +72,10 @@ def test_no_adaptation_means_no_adapter_section(image, tiny_model):
 def test_adapters_that_do_not_pay_are_dropped(image, tiny_model):
     # One step at a tiny learning rate changes (almost) nothing: the adapter bits cannot pay.
     [(data, report)] = codec.api.encode_many(
-        [image], model=tiny_model, adapt=AdaptConfig(steps=1, lr=1e-6), verify=True
+        [image], model=tiny_model, adapt=AdaptConfig(steps=1, lr=1e-6, min_pixels=0), verify=True, **LEARNED
     )
     assert report.adapters == "dropped" and report.adapter_bytes > 0
-    assert data == codec.encode(image, model=tiny_model)
+    assert data == codec.encode(image, model=tiny_model, adapt=None, **LEARNED)
 
 
 def test_section_round_trip_is_exact(tiny_model):
@@ -190,9 +191,9 @@ def test_batched_adaptation_matches_one_by_one(samples, tiny_model, mixed):
     images = [np.ascontiguousarray(samples[n][:40, :56]) for n in ("kodim23-crop", "coffee-crop", "monarch-crop")]
     images[1] = np.ascontiguousarray(images[1][:24, :40])  # sizes differ
     batched = dataclasses.replace(ADAPT, mixed_passes=mixed, chunk_patches=4)  # passes cross images
-    together = codec.api.encode_many(images, model=tiny_model, adapt=batched)
+    together = codec.api.encode_many(images, model=tiny_model, adapt=batched, **LEARNED)
     for img, (data, report) in zip(images, together, strict=True):
-        [(alone, alone_report)] = codec.api.encode_many([img], model=tiny_model, adapt=ADAPT)
+        [(alone, alone_report)] = codec.api.encode_many([img], model=tiny_model, adapt=ADAPT, **LEARNED)
         assert report.adapters == alone_report.adapters
         assert abs(len(data) - len(alone)) <= max(8, len(alone) // 200)  # float noise of fine-tuning only
         assert report.estimated_adapted_bits == pytest.approx(alone_report.estimated_adapted_bits, rel=1e-4)
@@ -201,8 +202,9 @@ def test_batched_adaptation_matches_one_by_one(samples, tiny_model, mixed):
 
 @pytest.mark.parametrize("order", ["random", "all"])
 def test_ablation_orders_round_trip(image, tiny_model, order):
-    cfg = AdaptConfig(steps=3, lr=1e-2, order=order, max_patches=2)
-    data = codec.encode(image, model=tiny_model, adapt=cfg, verify=True)
+    cfg = AdaptConfig(steps=3, lr=1e-2, order=order, max_patches=2, min_pixels=0)
+    data = codec.encode(image, model=tiny_model, adapt=cfg, verify=True, **LEARNED)
+    assert codec.info(data)["coder"] == "mgcf"
     assert_same_pixels(codec.decode(data).pixels, image)
 
 

@@ -11,7 +11,7 @@ from tests.conftest import SAMPLES, assert_same_pixels
 def test_encode_decode_info(tmp_path, tiny_model_path, capsys):
     src = SAMPLES / "chelsea-crop.png"
     out = tmp_path / "c.cllc"
-    assert main(["encode", str(src), str(out), "--model", str(tiny_model_path), "--verify"]) == 0
+    assert main(["encode", str(src), str(out), "--model", str(tiny_model_path), "--verify", "--codec", "callic"]) == 0
     assert main(["info", str(out)]) == 0
     meta = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert meta["coder"] == "mgcf" and meta["width"] == 128 and meta["height"] == 96

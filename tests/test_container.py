@@ -15,8 +15,9 @@ from codec.errors import CallicError, CorruptFileError, ModelNotFoundError, Unsu
 
 @pytest.fixture(scope="module")
 def files(samples, tiny_model):
-    rgb = codec.encode(samples["kodim23-crop"][:40, :56], model=tiny_model, patches_per_stream=8)
-    rgba = codec.encode(np.dstack([samples["coffee-crop"][:9, :10], np.full((9, 10), 7, np.uint8)]), model=tiny_model)
+    learned = {"model": tiny_model, "adapt": None, "coder": "learned"}
+    rgb = codec.encode(samples["kodim23-crop"][:40, :56], patches_per_stream=8, **learned)
+    rgba = codec.encode(np.dstack([samples["coffee-crop"][:9, :10], np.full((9, 10), 7, np.uint8)]), **learned)
     gray = codec.encode(samples["camera-crop"][:30, :20])
     return {"rgb": rgb, "rgba": rgba, "gray": gray}
 
@@ -82,8 +83,8 @@ def test_fuzz_truncations_and_bit_flips(files):
 
 
 def test_oversized_image_claim_is_refused_before_allocating(files, monkeypatch):
-    import codec.api
+    import codec.header
 
-    monkeypatch.setattr(codec.api, "MAX_PIXEL_BYTES", 1000)
+    monkeypatch.setattr(codec.header, "MAX_PIXEL_BYTES", 1000)  # the decoder's limit lives with HEAD
     with pytest.raises(UnsupportedError, match="decode limit"):
         codec.decode(files["rgb"])  # 40 x 56 x 3 = 6720 bytes of pixels

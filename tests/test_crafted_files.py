@@ -87,10 +87,10 @@ def test_changed_or_removed_transparency_and_metadata_are_refused(section):
     ("pixels", "mode", "new_mode"), [(RGB, "RGB", "YCbCr"), (np.dstack([RGB, RGB[..., 0]]), "RGBA", "CMYK")]
 )
 def test_changed_mode_is_refused(pixels, mode, new_mode, tiny_model):
-    classical = codec.encode(Raster.from_array(pixels, mode), learned=False)
+    classical = codec.encode(Raster.from_array(pixels, mode), coder="classical")
     with pytest.raises(VerificationError):
         codec.decode(_with_head(classical, mode=new_mode))
-    learned = codec.encode(Raster.from_array(pixels, mode), model=tiny_model)
+    learned = codec.encode(Raster.from_array(pixels, mode), model=tiny_model, adapt=None, coder="learned")
     assert codec.info(learned)["coder"] == "mgcf"
     with pytest.raises(CorruptFileError, match="mgcf"):  # the learned coder only codes RGB(A)
         codec.decode(_with_head(learned, mode=new_mode), model=tiny_model)
@@ -156,7 +156,7 @@ def test_garbage_exif_cannot_be_written_to_tiff_but_to_png(tmp_path):
     raster = Raster.from_array(RGB)
     raster.exif = b"garbage, not a TIFF structure"
     path = tmp_path / "g.cllc"
-    path.write_bytes(codec.encode(raster, learned=False))
+    path.write_bytes(codec.encode(raster, coder="classical"))
     assert main(["decode", str(path), str(tmp_path / "out.tif")]) == 4
     assert not (tmp_path / "out.tif").exists()
     assert main(["decode", str(path), str(tmp_path / "out.png")]) == 0

@@ -116,7 +116,7 @@ def test_a_decoy_with_the_right_name_is_skipped(tmp_path, monkeypatch, caplog):
     (real_dir / file_name(digest)).write_bytes(data)
     monkeypatch.setenv("CALLIC_MODEL_PATH", f"{decoy_dir}:{real_dir}")
     img = np.ascontiguousarray(np.asarray(Image.open(SAMPLES / "coffee-crop.png").convert("RGB"))[:9, :11])
-    blob = codec.encode(img, model=codec.load_model(str(real_dir / file_name(digest))))
+    blob = codec.encode(img, model=codec.load_model(str(real_dir / file_name(digest))), coder="learned")
     exact_model_by_hash.cache_clear()
     with caplog.at_level(logging.WARNING, logger="codec.weights"):
         assert find_model(digest) == real_dir / file_name(digest)

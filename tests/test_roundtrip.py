@@ -52,7 +52,7 @@ def test_at_least_30_images_round_trip_exactly(samples, tiny_model):
     assert len(cases) >= 30
     coders = set()
     for raster in cases:
-        data = codec.encode(raster, model=tiny_model)
+        data = codec.encode(raster, model=tiny_model, adapt=None, coder="learned")
         out = codec.decode(data)
         assert_same_pixels(out.pixels, raster.pixels)
         assert out.mode == raster.mode
@@ -63,7 +63,7 @@ def test_at_least_30_images_round_trip_exactly(samples, tiny_model):
 
 def test_palette_survives(samples, tiny_model):
     raster = Raster(samples["coffee-crop"][:, :, 1] // 16, "P", palette=bytes(range(48)), palette_mode="RGB")
-    out = codec.decode(codec.encode(raster, model=tiny_model))
+    out = codec.decode(codec.encode(raster, model=tiny_model, adapt=None, coder="learned"))
     assert out.palette == raster.palette and out.palette_mode == "RGB"
     assert_same_pixels(out.pixels, raster.pixels)
 
@@ -71,7 +71,7 @@ def test_palette_survives(samples, tiny_model):
 @pytest.mark.parametrize("per_stream", [1, 3, 4096])
 def test_segmenting_does_not_change_pixels(samples, tiny_model, per_stream):
     img = samples["monarch-crop"][:37, :45]
-    data = codec.encode(img, model=tiny_model, patches_per_stream=per_stream)
+    data = codec.encode(img, model=tiny_model, adapt=None, coder="learned", patches_per_stream=per_stream)
     assert_same_pixels(codec.decode(data).pixels, img)
 
 
@@ -92,12 +92,12 @@ def test_large_image(tiny_model):
     base = rng.integers(0, 256, (375, 250, 3), dtype=np.uint8)
     img = np.kron(base, np.ones((8, 8, 1), np.uint8))  # 3000 x 2000, smooth blocks
     img[::7, ::5] ^= 1
-    data = codec.encode(img, model=tiny_model, patches_per_stream=4096)
+    data = codec.encode(img, model=tiny_model, adapt=None, coder="learned", patches_per_stream=4096)
     out = codec.decode(data)
     assert_same_pixels(out.pixels, img)
 
 
 def test_verify_flag(samples, tiny_model):
-    data = codec.encode(samples["chelsea-crop"], model=tiny_model, verify=True)
+    data = codec.encode(samples["chelsea-crop"], model=tiny_model, adapt=None, coder="learned", verify=True)
     assert codec.info(data)["coder"] == "mgcf"
     assert_same_pixels(codec.decode(data).pixels, samples["chelsea-crop"])

@@ -128,7 +128,11 @@ def test_fifo_device_and_link_loop_are_failed_rows_and_resume_does_not_hang(ray_
     assert "x.png: not a regular file (a FIFO)" in bad["x.png"]
     assert "z.png: not a regular file (a character device)" in bad["z.png"]
     assert "loop1.png: a loop of symbolic links" in bad["loop1.png"]
-    assert _run_with_deadline(["resume", str(dst / "f"), "--quiet"]) == 10  # tried again, failed again, no hang
+    # Not a regular file is permanent: a plain resume leaves them; --retry-failed tries again, without hanging.
+    assert _run_with_deadline(["resume", str(dst / "f"), "--quiet"]) == 10
+    rows = manifest.load(Store(dst / "f")).to_pylist()
+    assert {r["source_key"]: r["attempt"] for r in rows if r["status"] == "failed"} == dict.fromkeys(bad, 1)
+    assert _run_with_deadline(["resume", str(dst / "f"), "--retry-failed", "--quiet"]) == 10
     rows = manifest.load(Store(dst / "f")).to_pylist()
     assert {r["source_key"]: r["attempt"] for r in rows if r["status"] == "failed"} == dict.fromkeys(bad, 2)
 

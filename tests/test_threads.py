@@ -22,7 +22,7 @@ def _run(*args: str) -> None:
 
 def test_encode_two_threads_decode_one_thread(tmp_path, tiny_model_path):
     src = SAMPLES / "kodim23-crop.png"
-    model = ("--model", str(tiny_model_path), "--steps", "0")
+    model = ("--model", str(tiny_model_path), "--codec", "callic", "--steps", "0")
     _run("encode", str(src), str(tmp_path / "a.cllc"), "--threads", "2", *model)
     _run("decode", str(tmp_path / "a.cllc"), str(tmp_path / "one.png"), "--threads", "1")
     _run("decode", str(tmp_path / "a.cllc"), str(tmp_path / "two.png"), "--threads", "2")
@@ -37,7 +37,7 @@ def test_encode_two_threads_decode_one_thread(tmp_path, tiny_model_path):
 def test_adapted_file_decodes_on_any_thread_count(tmp_path, tiny_model_path):
     """Fine-tuning is float (its result may depend on threads); the file it writes must not."""
     src = SAMPLES / "coffee-crop.png"
-    model = ("--model", str(tiny_model_path), "--steps", "4")
+    model = ("--model", str(tiny_model_path), "--codec", "callic", "--steps", "4", "--adapt-min-pixels", "0")
     _run("encode", str(src), str(tmp_path / "a.cllc"), "--threads", "2", *model)
     assert codec.info((tmp_path / "a.cllc").read_bytes())["adapted"]
     original = read_image(src).pixels
@@ -91,10 +91,10 @@ def test_the_cli_makes_openmp_threads_sleep_before_torch_loads():
     """Spinning OpenMP threads are what collapsed a 2-thread decode beside a busy process."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(ROOT)
-    probe = "import jobs.cli, os, sys; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+    probe = "import jobs.cli, os, sys, torch; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=True)  # fmt: skip
-    assert out.stdout.split() == ["PASSIVE", "True"]  # set, and torch (loaded by the CLI) saw it set
+    assert out.stdout.split() == ["PASSIVE", "True"]  # set, and torch (loaded after the CLI) saw it set
     probe = "import jobs, sys; print('torch' in sys.modules)"  # set before anything imports torch
     assert subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=True).stdout.split() == ["False"]  # fmt: skip

@@ -61,6 +61,21 @@ def lossy_model_by_hash(digest: bytes, device: str) -> coding.LossyModel:
 def encode_lossy(image: Any, *, quality: int | None = None, model: coding.LossyModel | None = None,
                  device: str = "cpu", verify: bool = False, timings: dict | None = None) -> bytes:  # fmt: skip
     """Compress an 8-bit RGB image (numpy array, ``Raster`` or Pillow image) with the lossy codec."""
+    kwargs = {"quality": quality, "model": model, "device": device, "verify": verify, "timings": timings}
+    return encode_lossy_with_reconstruction(image, **kwargs)[0]
+
+
+def encode_lossy_with_reconstruction(
+    image: Any,
+    *,
+    quality: int | None = None,
+    model: coding.LossyModel | None = None,
+    device: str = "cpu",
+    verify: bool = False,
+    timings: dict | None = None,
+) -> tuple[bytes, np.ndarray]:
+    """``encode_lossy``, and the pixels the file decodes to (the encoder has them: ``callic
+    encode`` reports their PSNR without decoding)."""
     from codec.api import CODER_CCA, Header, _as_raster, check_encodable, decode
 
     raster = _as_raster(image)
@@ -88,7 +103,7 @@ def encode_lossy(image: Any, *, quality: int | None = None, model: coding.LossyM
             raise VerificationError("the lossy file does not decode to the reconstruction it was made with")
         if timings is not None:
             timings["verify_s"] = time.perf_counter() - start
-    return out
+    return out, recon
 
 
 def decode_latents(header, payload: bytes, model: coding.LossyModel | None, device: str) -> np.ndarray:
