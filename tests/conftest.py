@@ -77,6 +77,17 @@ def make_model(cfg: MGCFConfig, seed: int = 0) -> MGCF:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, shared by one test file's tests (starting one costs seconds)."""
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")

@@ -15,14 +15,6 @@ from tests import corpus
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def src(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("corpus")
     return root, corpus.build(root)

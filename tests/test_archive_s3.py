@@ -8,7 +8,6 @@ import socket
 
 import boto3
 import pytest
-import ray
 import requests
 from moto.server import ThreadedMotoServer
 
@@ -51,14 +50,6 @@ def s3(moto_url, monkeypatch):
     )
     client.create_bucket(Bucket="archive")
     return client, {**CREDS, "endpoint_url": moto_url}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def test_s3_to_s3_archive_and_restore(ray_cluster, s3, tmp_path, tiny_model_path, capsys):

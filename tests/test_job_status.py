@@ -12,21 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from jobs.cli import main
 from pipeline import driver, job, manifest, status
 from pipeline.storage import Store
 from tests import corpus
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _png(seed: int) -> bytes:

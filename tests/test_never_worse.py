@@ -203,16 +203,6 @@ def test_cli_codec_callic_and_jxl_effort(tmp_path, tiny_model_path):
 # ---------------------------------------------------------------- archive jobs
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def test_archive_default_keeps_jpeg_xl_for_noise_and_says_so(ray_cluster, tmp_path, tiny_model_path):
     from jobs.cli import main
     from pipeline import manifest

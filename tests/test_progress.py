@@ -26,14 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_S = 1.3  # per image: longer than the driver's one-second poll, so each image is seen
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def _images(root: Path, n: int) -> dict[str, str]:
     root.mkdir(parents=True)
     rng = np.random.default_rng(5)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from jobs.archivecodec import ArchiveCodecFactory, CodecSettings
@@ -22,14 +21,6 @@ from jobs.cli import main
 from pipeline import manifest, restore
 from pipeline.storage import Store
 from tests import corpus
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _images(root: Path, n: int) -> dict[str, str]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from jobs.archivecodec import ArchiveCodecFactory, CodecSettings
@@ -27,14 +26,6 @@ from pipeline.storage import Store
 from tests import corpus
 
 SECRET = b"TOPSECRET-4f2a9"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _png(path: Path, seed: int) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from jobs.cli import main
@@ -25,14 +24,6 @@ from pipeline.storage import Store, is_transient, redact
 
 SECRET = "s3cr3t-Pa55"
 DEADLINE_S = 120  # a hang fails the test instead of the CI run
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 def _images(root: Path) -> list[str]:
