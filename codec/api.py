@@ -239,7 +239,7 @@ def encode_many(
     for raster in rasters:
         check_encodable(raster)
     reports = [EncodeReport() for _ in rasters]
-    learned_idx = [i for i, r in enumerate(rasters) if coder != "classical" and _learned_path(r)]
+    learned_idx = [i for i, r in enumerate(rasters) if coder != "classical" and learned_path(r)]
     if learned_idx and model is None:
         model = load_model(device=device)
     classical = {
@@ -317,7 +317,8 @@ def _adapter_choice(model: Model, adapted: Adapted, report: EncodeReport) -> tup
         return None
 
 
-def _learned_path(raster: Raster) -> bool:
+def learned_path(raster: Raster) -> bool:
+    """Whether the learned coder codes this image (8-bit RGB or RGBA); the rest is classical."""
     return raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA")
 
 

@@ -51,6 +51,9 @@ from pipeline.items import Encoded, Resources
 if TYPE_CHECKING:  # codec.api imports torch: only the workers need it, not ``callic archive --help``
     from codec.api import EncodeReport
 
+# A coded image: its file, the encoder's report, encode seconds, and (lossy only) the PSNR.
+Coded = tuple[bytes, "EncodeReport", float, float | None]
+
 WRITABLE = {"PNG", "TIFF", "PPM", "BMP"}
 CODECS = ("auto", "callic", "cca")  # the first is the default
 # The ``coder`` of ``codec.api.encode`` for the lossless images of each codec choice.
@@ -185,7 +188,7 @@ class ArchiveCodec:
         )
         return Encoded(blob, ".jxl", fields)
 
-    def _code(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+    def _code(self, rasters: list[Raster], verify: bool) -> list[Coded]:
         if self.lossy is not None:
             lossy = [i for i, r in enumerate(rasters) if r.mode == "RGB" and r.pixels.dtype == np.uint8]
             out: list = [None] * len(rasters)
@@ -197,16 +200,19 @@ class ArchiveCodec:
             return out
         return self._code_lossless(rasters, verify)
 
-    def _code_lossy(self, raster: Raster, verify: bool) -> tuple[bytes, EncodeReport, float]:
+    def _code_lossy(self, raster: Raster, verify: bool) -> Coded:
+        """The lossy file and the PSNR of its reconstruction: the pixels it decodes to (its stored
+        hash, which a restore checks, is theirs), so no second decode is needed to measure it."""
         from codec.api import EncodeReport
-        from codec.lossy.api import encode_lossy
+        from codec.lossy.api import encode_lossy_with_reconstruction
+        from jobs.quality import psnr
 
         timings: dict[str, float] = {}
-        blob = encode_lossy(raster, model=self.lossy, verify=verify, timings=timings)
+        blob, recon = encode_lossy_with_reconstruction(raster, model=self.lossy, verify=verify, timings=timings)
         report = EncodeReport(bytes=len(blob), coder="cca", timings=timings)
-        return blob, report, timings["encode_s"]
+        return blob, report, timings["encode_s"], psnr(raster.pixels, recon)
 
-    def _code_lossless(self, rasters: list[Raster], verify: bool) -> list[tuple[bytes, EncodeReport, float]]:
+    def _code_lossless(self, rasters: list[Raster], verify: bool) -> list[Coded]:
         """The ``.cllc`` files of a batch: ``codec.api.encode_many`` with the job's coder choice
         (``auto``: the smaller of the learned and the JPEG-XL file; ``callic``: the learned one)."""
         from codec.api import encode_many
@@ -224,10 +230,10 @@ class ArchiveCodec:
             jxl_effort=self.settings.jxl_effort,
         )
         share = (time.perf_counter() - start) / len(rasters)
-        return [(blob, report, share - report.timings.get("verify_s", 0.0)) for blob, report in pairs]
+        return [(blob, report, share - report.timings.get("verify_s", 0.0), None) for blob, report in pairs]
 
-    def _fields(self, coded: tuple[bytes, EncodeReport, float], raster: Raster, fmt: str) -> Encoded:
-        blob, report, encode_s = coded
+    def _fields(self, coded: Coded, raster: Raster, fmt: str) -> Encoded:
+        blob, report, encode_s, psnr = coded
         learned = report.coder == "mgcf"
         lossy = report.coder == "cca"
         fields = {
@@ -243,10 +249,7 @@ class ArchiveCodec:
             "model_hash": self.model_hash if learned else self.lossy.digest.hex() if lossy else None,
         }
         if lossy:  # the lossy units: bits per pixel, and the PSNR of what a restore gives back
-            from jobs.quality import psnr
-
-            recon = codec.decode(blob, lossy_model=self.lossy, device=self.device).pixels
-            fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=psnr(raster.pixels, recon))
+            fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=psnr)
         return Encoded(blob, ".cllc", fields)
 
     # ------------------------------------------------------------------ restore

@@ -276,8 +276,7 @@ def encode_file(job: Job, rep: Reporter, args: argparse.Namespace, model: Once, 
     import codec.api
 
     raster = _read_raster(job)
-    # Only 8-bit RGB(A) goes through the learned coder (codec.api): load the model for those only.
-    learned = raster.pixels.dtype.name == "uint8" and raster.mode in ("RGB", "RGBA")
+    learned = codec.api.learned_path(raster)  # load the model only for the images that use it
     start = time.perf_counter()
     [(data, report)] = codec.api.encode_many(
         [raster],
@@ -302,8 +301,8 @@ def encode_file(job: Job, rep: Reporter, args: argparse.Namespace, model: Once, 
         "coder": report.coder,
         "adapters": report.adapters,
         "adapter_bytes": report.adapter_bytes,
-        "learned_bytes": getattr(report, "learned_bytes", None),
-        "classical_bytes": getattr(report, "classical_bytes", None),
+        "learned_bytes": report.learned_bytes,
+        "classical_bytes": report.classical_bytes,
         "verified": args.verify,
     }
     candidates = ""
