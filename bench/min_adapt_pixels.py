@@ -18,7 +18,7 @@ from PIL import Image
 
 import codec.api as api
 from codec import rpft
-from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS
+from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS, patches_per_stream
 from codec.rpft import AdaptConfig
 
 
@@ -29,7 +29,8 @@ def crop_row(model: api.Model, name: str, img: np.ndarray, size: int, cfg: Adapt
     raster = api.Raster.from_array(np.ascontiguousarray(img[y : y + size, x : x + size]))
     report = api.EncodeReport()
     start = time.perf_counter()
-    learned = api._LearnedFile.code(raster, model, api.DEFAULT_PATCHES_PER_STREAM, DEFAULT_JXL_EFFORT, report)
+    per = patches_per_stream(model.exact.cfg.patch)
+    learned = api._LearnedFile.code(raster, model, per, DEFAULT_JXL_EFFORT, report)
     base_s, base = time.perf_counter() - start, len(learned.data)
     start = time.perf_counter()
     (adapted,) = rpft.adapt(model.float_model("cpu"), [learned.rgb], cfg)

@@ -49,10 +49,10 @@ from codec.container import HEAD, Container
 from codec.defaults import (
     DEFAULT_ADAPT_PATCHES,
     DEFAULT_JXL_EFFORT,
-    DEFAULT_PATCHES_PER_STREAM,
     DEFAULT_STEPS,
     MIN_ADAPT_PIXELS,  # noqa: F401 (re-exported)
 )
+from codec.defaults import patches_per_stream as default_patches_per_stream
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.exact import ExactMGCF
 from codec.header import (  # the HEAD section and info live in the torch-free codec.header
@@ -186,7 +186,7 @@ def encode(
     *,
     model: Model | None = None,
     device: str = "cpu",
-    patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
+    patches_per_stream: int | None = None,
     verify: bool = False,
     adapt: AdaptConfig | None = DEFAULT_ADAPT,
     coder: str = "auto",
@@ -207,7 +207,9 @@ def encode(
     for explicitly, adaptation then raises). Images under ``MIN_ADAPT_PIXELS`` pixels (the config's
     ``min_pixels``) are never adapted, and with ``"auto"`` neither are those whose learned file is
     too far behind JPEG-XL's for adapters to close the gap (``ADAPT_REACH``). ``verify``: decode
-    the kept file (on the CPU) and compare before returning.
+    the kept file (on the CPU) and compare before returning. ``patches_per_stream``: by default
+    ``codec.defaults.patches_per_stream`` of the model's patch size (64 for 64x64 patches, 16 for
+    128x128: the same pixels, and so the same decoder memory, per stream).
     """
     kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify}
     return encode_many([image], adapt=adapt, coder=coder, jxl_effort=jxl_effort, **kwargs)[0][0]
@@ -218,7 +220,7 @@ def encode_many(
     *,
     model: Model | None = None,
     device: str = "cpu",
-    patches_per_stream: int = DEFAULT_PATCHES_PER_STREAM,
+    patches_per_stream: int | None = None,
     verify: bool = False,
     adapt: AdaptConfig | None = DEFAULT_ADAPT,
     coder: str = "auto",
@@ -233,7 +235,7 @@ def encode_many(
     if coder not in CODERS:
         raise ValueError(f"coder must be one of {', '.join(CODERS)}, not {coder!r}")
     effort = fallback.check_jxl_effort(jxl_effort)
-    if not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
+    if patches_per_stream is not None and not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     rasters = [_as_raster(image) for image in images]
     for raster in rasters:
@@ -247,7 +249,7 @@ def encode_many(
         for i, r in enumerate(rasters)
         if coder == "auto" or i not in learned_idx
     }
-    per = patches_per_stream
+    per = patches_per_stream or (default_patches_per_stream(model.exact.cfg.patch) if model is not None else 0)
     learned_files = {i: _LearnedFile.code(rasters[i], model, per, effort, reports[i]) for i in learned_idx}
     steps = adapt.steps if adapt is not None else 0
     worth = [i for i in learned_idx if steps and _worth_adapting(rasters[i], learned_files[i], classical.get(i), adapt)]

@@ -11,7 +11,9 @@ One place, so that ``callic encode``, ``callic archive``, ``callic demo``, ``cal
   the encode time of the pre-trained model. Measured below.
 - ``DEFAULT_JXL_EFFORT``: libjxl effort of the JPEG-XL lossless candidate (users may set 1..10,
   as ``cjxl -e``).
-- ``DEFAULT_PATCHES_PER_STREAM``: patches per range-coder stream of the learned coder.
+- ``DEFAULT_PATCHES_PER_STREAM``: patches per range-coder stream of the learned coder, for 64x64
+  patches; ``patches_per_stream(P)`` scales it to keep the pixels per stream (and so the decoder's
+  memory per stream, which grows with P x P) the same for a model of another patch size P.
 
 Measurement for ``MIN_ADAPT_PIXELS`` (shipped model ``mgcf-bf281dbfc87821e6``, 10 steps, at most 32
 patches per step, center crops of pkg13 photos; what ``codec.api.encode_many(..., coder="learned",
@@ -53,6 +55,13 @@ MIN_ADAPT_PIXELS = 200_000
 DEFAULT_JXL_EFFORT = 7
 JXL_EFFORTS = range(1, 11)
 DEFAULT_PATCHES_PER_STREAM = 64
+
+
+def patches_per_stream(patch: int) -> int:
+    """The default patches per stream for P x P patches: 64 up to P = 64, 16 at P = 128, 4 at 256."""
+    return max(1, min(DEFAULT_PATCHES_PER_STREAM, DEFAULT_PATCHES_PER_STREAM * 64 * 64 // (patch * patch)))
+
+
 # Adaptation's other defaults (``codec.rpft.AdaptConfig``, ``codec.adapters.AdapterSpec``), here so
 # that the CLI's flags show them without importing torch.
 DEFAULT_ADAPT_PATCHES = 32  # most patches an image trains on per step (``--adapt-patches``)

@@ -238,7 +238,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     adapt = adapt_config(args, args.steps)  # flags checked before any file is read
     from codec.api import MAX_PATCHES_PER_STREAM
 
-    if not 1 <= args.patches_per_stream <= MAX_PATCHES_PER_STREAM:
+    if args.patches_per_stream is not None and not 1 <= args.patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise UsageError(f"--patches-per-stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     if args.codec == "cca":
         model = Once(lambda: _lossy_model(args.model, args.quality, args.device))
@@ -527,8 +527,9 @@ def add_encode_parser(sub: Any) -> None:
     p.add_argument(
         "--patches-per-stream",
         type=int,
-        default=DEFAULT_PATCHES_PER_STREAM,
-        help="patches per independently coded stream (bounds the decoder's memory)",
+        default=None,
+        help="patches per independently coded stream (bounds the decoder's memory; default "
+        f"{DEFAULT_PATCHES_PER_STREAM} for 64x64 patches, fewer for bigger patches: the same pixels per stream)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the time of each stage and the adaptation")
     steps_help = f"fine-tuning steps T (0: none; default {DEFAULT_STEPS}; small images are never adapted)"

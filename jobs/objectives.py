@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import fsspec
@@ -24,6 +26,7 @@ from codec.lossy.weights import save_model as save_cca_model
 from codec.mgcf import MGCF
 from codec.mixture import nll_bits
 from codec.weights import load_model_file, save_model
+from jobs.trainsets import metric_name, sums_by_group
 
 
 class MGCFObjective:
@@ -38,10 +41,19 @@ class MGCFObjective:
         self.tc = tc
 
     def build(self) -> nn.Module:
+        """A new model, or ``--init``'s weights; ``--patch`` sets the patch size either way (a
+        model choice, not a weight: the same weights code any patch size)."""
         if self.tc.init:
-            return load_model_file(self.tc.init).float_model()
-        torch.manual_seed(self.tc.seed)  # every worker starts from the same weights
-        return MGCF(MGCFConfig.tiny() if self.tc.config == "tiny" else MGCFConfig())
+            model = load_model_file(self.tc.init).float_model()
+        else:
+            torch.manual_seed(self.tc.seed)  # every worker starts from the same weights
+            model = MGCF(MGCFConfig.tiny() if self.tc.config == "tiny" else MGCFConfig())
+        if self.tc.patch is not None:
+            try:
+                model.cfg = dataclasses.replace(model.cfg, patch=self.tc.patch)
+            except ValueError as e:
+                raise CallicError(f"--patch {self.tc.patch}: {e}") from e
+        return model
 
     def crop(self, model: nn.Module) -> int:
         return model.cfg.patch
@@ -56,12 +68,18 @@ class MGCFObjective:
         return loss, {"bpsp": loss.item()}
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
-        total = 0.0
+    def validate(
+        self, model: nn.Module, tiles: torch.Tensor, device: torch.device, groups: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """``val_bpsp`` over all tiles, and ``val_bpsp_<group>`` over each group's (``groups``: one
+        name per tile)."""
+        bits = []
         for i in range(0, len(tiles), 16):
             x = tiles[i : i + 16].to(device)
-            total += nll_bits(model(x).float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum().item()
-        return {"val_bpsp": total / tiles.numel()}
+            bits.append(nll_bits(model(x).float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).flatten(1).sum(1).cpu())
+        subpixels = torch.full((len(tiles),), tiles[0].numel())
+        sums = sums_by_group({"bits": torch.cat(bits), "subpixels": subpixels}, groups)
+        return {metric_name("val_bpsp", g): s["bits"] / s["subpixels"] for g, s in sums.items()}
 
     def export(self, model: nn.Module, directory: str) -> Path:
         return save_model(model, directory)
@@ -80,6 +98,8 @@ class CCAObjective:
         self.tc = tc
         if tc.crop % 64:
             raise CallicError("--crop must be a multiple of 64 for the lossy codec (its total stride)")
+        if tc.patch is not None:
+            raise CallicError("--patch applies to --codec callic; the lossy codec trains on --crop crops")
         if tc.slice_k is not None and tc.init:
             raise CallicError("--slice-k shapes a new model; --init keeps the configuration it starts from")
 
@@ -119,21 +139,29 @@ class CCAObjective:
         return terms.loss, metrics
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
-        """Estimated bpp (hard-rounded latents under the model's own likelihoods) and PSNR."""
+    def validate(
+        self, model: nn.Module, tiles: torch.Tensor, device: torch.device, groups: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """Estimated bpp (hard-rounded latents under the model's own likelihoods) and PSNR, over
+        all tiles and per group (``val_bpp_<group>``, ``val_psnr_<group>``; ``groups``: one name
+        per tile)."""
         codec_model = model.model
         was_training = codec_model.training
         codec_model.eval()
-        bits, sq, pixels = 0.0, 0.0, 0
+        bits, sq = [], []
         for i in range(0, len(tiles), 8):
             x = tiles[i : i + 8].to(device).float() / 255
             f = codec_model(x)
-            bits += (f.y_bits.sum() + f.z_bits.sum()).item()
-            sq += (f.x_hat.clamp(0, 1) - x).pow(2).sum().item()
-            pixels += x.shape[0] * x.shape[2] * x.shape[3]
+            bits.append((f.y_bits.reshape(len(x), -1).sum(1) + f.z_bits.reshape(len(x), -1).sum(1)).cpu())
+            sq.append((f.x_hat.clamp(0, 1) - x).pow(2).flatten(1).sum(1).cpu())
         codec_model.train(was_training)
-        mse = sq / (3 * pixels)
-        return {"val_bpp": bits / pixels, "val_psnr": 10 * torch.log10(torch.tensor(1 / max(mse, 1e-12))).item()}
+        pixels = torch.full((len(tiles),), tiles.shape[2] * tiles.shape[3])
+        out = {}
+        for g, s in sums_by_group({"bits": torch.cat(bits), "sq": torch.cat(sq), "pixels": pixels}, groups).items():
+            mse = s["sq"] / (3 * s["pixels"])
+            out[metric_name("val_bpp", g)] = s["bits"] / s["pixels"]
+            out[metric_name("val_psnr", g)] = 10 * math.log10(1 / max(mse, 1e-12))
+        return out
 
     def export(self, model: nn.Module, directory: str) -> Path:
         return save_cca_model(model.model, self.tc.lmbda, directory)

@@ -1,8 +1,9 @@
 """``callic train``: train a codec's model on random crops (with flips) of a folder or URL of images.
 
-``--codec callic`` pre-trains MGCF on 64x64 crops; ``--codec cca`` trains the lossy model at one
-rate point ``--lmbda`` on ``--crop`` crops. What each optimizes, validates and exports is its
-objective (``jobs.objectives``); everything below is shared.
+``--codec callic`` pre-trains MGCF on P x P crops, P the model's patch size (``--patch``);
+``--codec cca`` trains the lossy model at one rate point ``--lmbda`` on ``--crop`` crops. What
+each optimizes, validates and exports is its objective (``jobs.objectives``); everything below is
+shared.
 
 One training loop, ``train_loop``, runs either directly in this process (``--workers 0``, the
 default: no Ray start-up, what a laptop or one CPU box wants) or on each worker of a Ray Train
@@ -13,14 +14,17 @@ Choices the papers leave open:
 - Both: Adam, gradient norm clipped at 1; learning rate warmed up linearly for ``warmup`` steps,
   then a cosine down to 1% at ``steps`` (the CCA paper steps 1e-4 -> 1e-5 instead; a cosine
   serves short CPU runs better and keeps one schedule).
-- Crops: an image is drawn uniformly (not by area, so the few large BBC photographs do not drown
-  the rest), then a uniform crop, each flip with probability 1/2. The crops of step ``s`` on
-  worker ``r`` depend only on (seed, r, s): resuming needs no RNG state, and a resumed run makes
-  exactly the step the uninterrupted run would have made.
+- Crops (``jobs.trainsets``): a source group is drawn with probability proportional to the square
+  root of its pixels, then an image of it uniformly (so neither the few large BBC photographs nor
+  the many small stamps drown the rest), then a uniform crop, each flip with probability 1/2. The
+  crops of step ``s`` on worker ``r`` depend only on (seed, r, s, the images): resuming needs no
+  RNG state, and a resumed run makes exactly the step the uninterrupted run would have made.
 - Mixed precision: bfloat16 autocast on CUDA (the mixture's likelihood in float32); float32 on CPU.
-- Validation: on a fixed set of crop-sized tiles spread evenly over the ``--val`` images, MGCF's
-  estimated bpsp (from likelihoods, not coded; 64x64 because the codec codes each patch on its
-  own, so a tile's NLL is what its patch costs), or CCA's estimated bpp and PSNR.
+- Validation: on a fixed set of crop-sized tiles, ``--val-tiles // groups`` per source group of
+  the ``--val`` images (``jobs.trainsets``), MGCF's estimated bpsp (from likelihoods, not coded;
+  crop-sized because the codec codes each patch on its own, so a tile's NLL is what its patch
+  costs), or CCA's estimated bpp and PSNR: over all tiles (``val_bpsp``) and per group
+  (``val_bpsp_<group>``), so log.csv's columns depend on the --val folder.
 - Checkpoints: ``<out>/checkpoint.pt`` (model, optimizer, next step, wall time; loaded with
   ``weights_only=True``, no pickle) every ``--checkpoint-minutes`` and at the end; ``<out>/log.csv``
   has one row per validation; ``<out>/model/`` holds the latest exported model file. Running the
@@ -46,16 +50,20 @@ from torch import nn
 from tqdm import tqdm
 
 from codec.errors import CallicError
-from codec.images import read_image
 from jobs.atomic import write_atomically
-from jobs.imagefiles import list_images
 from jobs.objectives import OBJECTIVES, objective_for
-from jobs.runtime import setup_torch
+from jobs.runtime import keep_freed_memory, setup_torch
+from jobs.trainsets import Tiles, load_rgb_images, step_crops, val_columns, validation_tiles
 
 
-def log_fields(objective) -> tuple[str, ...]:
+def log_fields(objective, val_groups: tuple[str, ...] = (), kept: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """log.csv's columns: the validation metrics over all tiles and per group of ``val_groups``
+    (so they depend on the --val folder), then ``kept``: columns of an earlier log.csv this run
+    does not write (another --val folder's groups), so that resuming never drops logged values."""
     train = tuple(f"train_{m}" for m in objective.train_metrics)
-    return ("step", "elapsed_s", "lr", *train, *objective.val_metrics, "workers", "device")
+    val = val_columns(objective.val_metrics, val_groups)
+    extra = tuple(c for c in kept if c not in val and c not in train)
+    return ("step", "elapsed_s", "lr", *train, *val, *extra, "workers", "device")
 
 
 @dataclass
@@ -66,6 +74,7 @@ class TrainConfig:
     val: str | None = None
     config: str = "default"
     init: str | None = None
+    patch: int | None = None  # callic: the model's patch size, also the crop side (None: the model's)
     steps: int = 100_000
     batch: int = 8
     lr: float | None = None  # None: the objective's default
@@ -88,54 +97,6 @@ class TrainConfig:
     quiet: bool = False  # no progress bar or final line (--quiet)
 
 
-# ---------------------------------------------------------------------------------------------- data
-
-
-def load_rgb_images(url: str, min_side: int) -> list[np.ndarray]:
-    """Every 8-bit RGB(A) image under ``url`` at least ``min_side`` on each side, as RGB arrays."""
-    fs, paths = list_images(url)
-    images = []
-    for path in paths:
-        raster = read_image(fs.cat_file(path))
-        if raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA"):
-            px = raster.pixels[..., :3]
-            if min(px.shape[:2]) >= min_side:
-                images.append(np.ascontiguousarray(px))
-    if not images:
-        raise CallicError(f"no 8-bit RGB images of at least {min_side}x{min_side} under {url}")
-    return images
-
-
-def step_crops(images: list[np.ndarray], n: int, size: int, seed: int, rank: int, step: int) -> torch.Tensor:
-    """The (n, 3, size, size) uint8 batch of worker ``rank`` at ``step``: a pure function of its arguments."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + step)
-    draws = torch.randint(0, 1 << 30, (n, 5), generator=g).tolist()
-    crops = []
-    for pick, yr, xr, fx, fy in draws:
-        img = images[pick % len(images)]
-        y, x = yr % (img.shape[0] - size + 1), xr % (img.shape[1] - size + 1)
-        c = img[y : y + size, x : x + size]
-        if fx & 1:
-            c = c[:, ::-1]
-        if fy & 1:
-            c = c[::-1]
-        crops.append(np.ascontiguousarray(c))
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
-
-
-def validation_tiles(images: list[np.ndarray], count: int, size: int) -> torch.Tensor:
-    """``count`` non-overlapping tiles spread evenly over all tile positions of all images."""
-    positions = [
-        (i, y, x)
-        for i, img in enumerate(images)
-        for y in range(0, img.shape[0] - size + 1, size)
-        for x in range(0, img.shape[1] - size + 1, size)
-    ]
-    picks = np.linspace(0, len(positions) - 1, min(count, len(positions))).round().astype(int)
-    tiles = [images[i][y : y + size, x : x + size] for i, y, x in (positions[k] for k in picks)]
-    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
-
-
 # ---------------------------------------------------------------------------------------------- loop
 
 
@@ -152,7 +113,8 @@ class Run:
 
     def __init__(self, out: str, objective):
         self.objective = objective
-        self.fields = log_fields(objective)
+        self.val_groups: tuple[str, ...] = ()
+        self.kept: tuple[str, ...] = ()
         self.fs, self.root = fsspec.core.url_to_fs(str(out))
         self.fs.makedirs(self.root, exist_ok=True)
 
@@ -186,9 +148,18 @@ class Run:
         data = self.read("checkpoint.pt")
         return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return log_fields(self.objective, self.val_groups, self.kept)
+
     def log_rows(self, upto_step: int) -> list[dict]:
+        """The rows of an existing log.csv up to ``upto_step``; an older file's columns are kept
+        (the ones it lacks stay empty in its rows)."""
         data = self.read("log.csv")
-        rows = list(csv.DictReader(io.StringIO(data.decode()))) if data else []
+        reader = csv.DictReader(io.StringIO(data.decode())) if data else None
+        rows = list(reader) if reader else []
+        if reader and reader.fieldnames:
+            self.kept = tuple(c for c in reader.fieldnames if c not in log_fields(self.objective, self.val_groups))
         return [r for r in rows if int(r["step"]) <= upto_step]
 
     def write_log(self, rows: list[dict]) -> None:
@@ -253,19 +224,23 @@ class Context:
         pass
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, threads: int | None = None) -> torch.device:
+    """The device ``--device`` names (``auto``: CUDA when present), with torch's CPU threads set
+    (``threads``, else ``setup_torch``'s default)."""
+    setup_torch(threads, "cpu" if name == "auto" else name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    setup_torch(None, name)
     return torch.device(name)
 
 
 def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     """Train (or resume) as ``config`` (a ``TrainConfig`` as a dict) says; rank 0 returns the model path."""
     tc = TrainConfig(**config)
-    if tc.threads:
+    keep_freed_memory()  # each step allocates the same activations again (jobs.runtime)
+    if ctx is None:
+        ctx = Context(pick_device(tc.device, tc.threads))
+    elif tc.threads:
         torch.set_num_threads(tc.threads)
-    ctx = ctx or Context(pick_device(tc.device))
     objective = objective_for(tc)
     run = Run(tc.out, objective)
     model = objective.build()
@@ -281,6 +256,7 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
         step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
     images = load_rgb_images(tc.data, crop)
     tiles = validation_tiles(load_rgb_images(tc.val, crop), tc.val_tiles, crop) if tc.val else None
+    run.val_groups = tiles.groups if tiles is not None else ()
     rows = run.log_rows(step) if ctx.rank == 0 else []
     net = ctx.wrap(model.train())
     amp = ctx.device.type == "cuda"
@@ -338,11 +314,11 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
     return path
 
 
-def _validate(objective, model: nn.Module, tiles: torch.Tensor, device: torch.device) -> dict[str, float]:
+def _validate(objective, model: nn.Module, tiles: Tiles, device: torch.device) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        return objective.validate(model, tiles, device)
+        return objective.validate(model, tiles.pixels, device, tiles.groups)
     finally:
         model.train(was_training)
 
@@ -352,8 +328,8 @@ def _log_row(tc: TrainConfig, ctx: Context, step: int, elapsed: float, metrics: 
     row = {"step": step, "elapsed_s": f"{elapsed:.1f}", "lr": f"{learning_rate(tc, step - 1):.3g}"}
     for m in objective.train_metrics:
         row[f"train_{m}"] = f"{np.mean([s[m] for s in metrics]):.4f}" if metrics else ""
-    for m in objective.val_metrics:
-        row[m] = f"{val[m]:.4f}" if m in val else ""
+    row |= {m: f"{v:.4f}" for m, v in val.items()}  # over all tiles and per group (a missing one stays empty)
+    row |= {m: f"{v:.4f}" for m, v in val.items()}  # and per group
     row["workers"] = ctx.world
     row["device"] = ctx.device.type if ctx.device.type == "cpu" else torch.cuda.get_device_name(ctx.device)
     return row
@@ -443,7 +419,10 @@ def add_parser(sub) -> None:
     p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")
     p.add_argument("--config", choices=["default", "tiny", "small", "paper"], default="default",
                    help="model size: callic default|tiny; cca small (= default)|paper|tiny")  # fmt: skip
-    p.add_argument("--init", help="model file to start from (its configuration is kept)")
+    p.add_argument("--init", help="model file to start from (its configuration is kept, but for --patch)")
+    p.add_argument("--patch", type=int,
+                   help="callic: patch size P the model codes with, and the crop side it trains on (default: the "
+                   "--init model's, else 64); MGCF's weights do not depend on P")  # fmt: skip
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="total steps; sets the cosine schedule")
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="crops per step per worker")
     p.add_argument("--lr", type=float, help="peak learning rate (callic 5e-4, cca 1e-4)")

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from codec.raster import pixel_hash
-from jobs.datasets import BandSplit, DatasetSpec, Photo, RawPhoto, prepare
+from jobs.datasets import BandSplit, DatasetSpec, Photo, RawPhoto, box_reduce, largest_rectangle, prepare, to_uint8
 from jobs.sources import Archive, DataError, read_members
 
 
@@ -184,3 +184,136 @@ def test_shipped_manifests_pin_the_evaluation_sets():
     train = {e["file"] for e in json.loads((MANIFESTS / "train.json").read_text())["images"]}
     assert not train & {e["file"] for e in pkg13}
     assert all(len(e["sha256"]) == 64 for e in pkg13 + crops)
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """A .deb with two JPEG wallpapers and two RGBA stamps: a cut-out photo whose fully opaque
+    inside is 24x40 (with a semi-transparent fringe), and one whose opaque area is only 10x10."""
+    rng = np.random.default_rng(1)
+    walls = {}
+    for name in ("a", "b"):
+        px = np.repeat(np.repeat(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+        buf = io.BytesIO()
+        Image.fromarray(px).save(buf, format="JPEG", quality=95)
+        walls[f"usr/share/backgrounds/{name}.jpg"] = buf.getvalue()
+    stamp = np.zeros((40, 60, 4), np.uint8)
+    stamp[..., :3] = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    stamp[6:30, 8:48, 3] = 255  # the opaque inside, 24 x 40
+    stamp[5, 8:48, 3] = stamp[30, 8:48, 3] = 254  # a fringe that is not quite opaque
+    stamp[10:14, 50:58, 3] = 255  # a small opaque island elsewhere
+    small = np.zeros((30, 30, 4), np.uint8)
+    small[10:20, 10:20] = 255
+    members = walls | {"stamps/cut.png": rgba_png(stamp), "stamps/small.png": rgba_png(small)}
+    deb = tmp_path / "reg" / "walls_1.0_all.deb"
+    deb.parent.mkdir()
+    make_deb(deb, members)
+    arch = archive(deb, "walls")
+    spec = DatasetSpec(
+        photos={
+            "train": (
+                Photo("w-a.png", arch, "usr/share/backgrounds/a.jpg", reduce=4, group="w"),
+                Photo("t-cut.png", arch, "stamps/cut.png", group="t", opaque_min=16),
+                Photo("t-small.png", arch, "stamps/small.png", group="t", opaque_min=16),
+            ),
+            "val": (Photo("w-b.png", arch, "usr/share/backgrounds/b.jpg", reduce=4, group="w"),),
+            "pkg13": (Photo("eval.png", arch, "stamps/cut.png"),),
+        }
+    )
+    return {"spec": spec, "walls": walls, "stamp": stamp, "archive": arch}
+
+
+def entries(root: Path, name: str) -> dict[str, dict]:
+    return {e["file"]: e for e in json.loads((root / name / "manifest.json").read_text())["images"]}
+
+
+def test_photos_are_downscaled_and_listed_with_their_group(tmp_path, sources):
+    root, logs = tmp_path / "data", []
+    prepare(root, ("train", "val", "pkg13"), spec=sources["spec"], manifests=tmp_path, log=logs.append)
+    with Image.open(io.BytesIO(sources["walls"]["usr/share/backgrounds/a.jpg"])) as im:
+        expected = to_uint8(box_reduce(np.asarray(im.convert("RGB")), 4), 1)
+    wall = read_png(root / "train" / "w-a.png")
+    assert wall.shape == (12, 16, 3) and wall.dtype == np.uint8
+    np.testing.assert_array_equal(wall, expected)
+    train, val = entries(root, "train"), entries(root, "val")
+    assert {f: e["group"] for f, e in train.items()} == {"w-a.png": "w", "t-cut.png": "t"}
+    assert {f: e["group"] for f, e in val.items()} == {"w-b.png": "w"}
+    assert "group" not in entries(root, "pkg13")["eval.png"]  # evaluation sets record no group
+    assert any("skipped stamps/small.png" in m for m in logs)
+
+
+def test_a_stamp_keeps_only_its_largest_fully_opaque_rectangle(tmp_path, sources):
+    root = tmp_path / "data"
+    prepare(root, ("train",), spec=sources["spec"], manifests=tmp_path, log=lambda m: None)
+    crop = read_png(root / "train" / "t-cut.png")
+    assert crop.shape == (24, 40, 3) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, sources["stamp"][6:30, 8:48, :3])
+    assert not (root / "train" / "t-small.png").exists()  # its opaque area is under 16x16
+
+
+def test_largest_rectangle_matches_a_brute_force_search():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        mask = rng.random((9, 11)) < 0.8
+        best = 0  # the largest all-True rectangle with both sides >= 2, by trying every one
+        for y0, x0 in np.ndindex(mask.shape):
+            for y1 in range(y0 + 2, 10):
+                for x1 in range(x0 + 2, 12):
+                    if mask[y0:y1, x0:x1].all():
+                        best = max(best, (y1 - y0) * (x1 - x0))
+        found = largest_rectangle(mask, 2)
+        if best == 0:
+            assert found is None
+            continue
+        y, x, h, w = found
+        assert h * w == best and h >= 2 and w >= 2 and mask[y : y + h, x : x + w].all()
+
+
+def test_an_image_moved_from_train_to_val_leaves_the_old_train_folder(tmp_path, sources):
+    root, logs = tmp_path / "data", []
+    spec = sources["spec"]
+    prepare(root, ("train", "val"), spec=spec, manifests=tmp_path, log=lambda m: None)
+    (root / "train" / "notes.png").write_bytes(b"the user's own file")  # never listed: never touched
+    listed = json.loads((root / "train" / "manifest.json").read_text())
+    listed["images"].append({"file": "../val/w-b.png"})  # a name outside the folder: never deleted
+    (root / "train" / "manifest.json").write_text(json.dumps(listed))
+    cut = spec.photos["train"][1]
+    moved = DatasetSpec(photos={"train": spec.photos["train"][:1], "val": (*spec.photos["val"], cut)})
+    prepare(root, ("train", "val"), spec=moved, manifests=tmp_path, log=logs.append)
+    assert not (root / "train" / "t-cut.png").exists() and "train: removed t-cut.png (no longer in the set)" in logs
+    assert sorted(entries(root, "train")) == ["w-a.png"] and sorted(entries(root, "val")) == ["t-cut.png", "w-b.png"]
+    np.testing.assert_array_equal(read_png(root / "val" / "t-cut.png"), sources["stamp"][6:30, 8:48, :3])
+    assert (root / "train" / "notes.png").read_bytes() == b"the user's own file"
+    assert (root / "val" / "w-b.png").exists()
+
+
+def test_a_jpeg_validation_image_that_differs_from_its_pin_is_a_warning(tmp_path, sources):
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    wrong = {"file": "w-b.png", "sha256": "0" * 64, "width": 16, "height": 12, "source": "x", "group": "w"}
+    (pins / "val.json").write_text(json.dumps({"name": "val", "images": [wrong]}))
+    logs = []
+    prepare(tmp_path / "data", ("val",), spec=sources["spec"], manifests=pins, log=logs.append)
+    assert any(m.startswith("warning: val/w-b.png: pixels differ") for m in logs)
+
+
+def test_shipped_train_and_val_record_a_group_for_every_image():
+    from jobs.datasets import MANIFESTS, default_spec
+
+    spec = default_spec()
+    train = {e["file"]: e for e in json.loads((MANIFESTS / "train.json").read_text())["images"]}
+    val = {e["file"]: e for e in json.loads((MANIFESTS / "val.json").read_text())["images"]}
+    assert not train.keys() & val.keys()
+    assert all(e["file"].startswith(e["group"] + "-") or e["group"] == "bbc" for e in [*train.values(), *val.values()])
+    assert {e["group"] for e in val.values()} == {"bbc", "mate", "plasma", "lomiri", "tuxpaint"}
+    assert {e["group"] for e in train.values()} == {"bbc", "mate", "plasma", "lomiri", "tuxpaint", "skimage", "jxl"}
+    assert {p.out for p in spec.photos["val"]} < val.keys() and {p.out for p in spec.photos["train"]} < train.keys()
+    assert all(
+        min(e["width"], e["height"]) >= 128 for e in [*train.values(), *val.values()] if e["group"] == "tuxpaint"
+    )

@@ -15,7 +15,8 @@ import torch
 import codec
 from codec.images import read_image
 from codec.weights import load_model_file
-from jobs.train import TrainConfig, step_crops, train_loop
+from jobs.train import TrainConfig, train_loop
+from jobs.trainsets import step_crops
 
 from .conftest import SAMPLES, assert_same_pixels
 
@@ -136,3 +137,31 @@ def test_slice_k_shapes_a_new_lossy_model_only(tmp_path):
     assert CCAObjective(TrainConfig(**config(tmp_path, **kw))).build().model.cfg.slice_sizes == (1, 3, 7, 11, 18)
     with pytest.raises(Exception, match="--slice-k"):
         CCAObjective(TrainConfig(**config(tmp_path, slice_k=0.0, init="x.pt", **kw)))
+
+
+def test_threads_hold_whatever_the_device(tmp_path, monkeypatch):
+    """``--threads 1 --device cpu`` trains on one thread (``--device`` used to reset the count)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what the old reset would have taken
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    for device in ("cpu", "auto"):
+        calls.clear()
+        train_loop(config(tmp_path / device, threads=1, device=device, steps=1, val=None))
+        assert calls and set(calls) == {1}, (device, calls)
+
+
+def test_training_keeps_freed_memory_for_the_next_step(tmp_path, monkeypatch):
+    """Each step frees and reallocates the same activations: ``callic train`` asks glibc to keep
+    them (``jobs.runtime.keep_freed_memory``) instead of page-faulting them in again."""
+    import platform
+
+    import jobs.runtime
+    import jobs.train
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert jobs.runtime.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(jobs.train, "keep_freed_memory", lambda: calls.append(1) or True)
+    train_loop(config(tmp_path, steps=1, val=None))
+    assert calls == [1]
