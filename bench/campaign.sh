@@ -20,6 +20,10 @@ OUT=$ROOT/$RUN
 DATA=${CALLIC_DATA:-$HOME/.cache/callic/data}
 read -r -a ARGS <<< "$(sed -n 's/^args: *//p' "$ARGS_FILE")"
 
+# The venv's callic when the repository has one (the README's set-up), else the one on PATH.
+CALLIC=$REPO/.venv/bin/callic
+[ -x "$CALLIC" ] || CALLIC=$(command -v callic || echo callic)
+
 running() { pgrep -f "callic train .* --out $OUT( |$)" || true; }
 
 case ${1:-status} in
@@ -27,7 +31,7 @@ case ${1:-status} in
     if [ -n "$(running)" ]; then echo "campaign $RUN already running (pid $(running))"; exit 0; fi
     mkdir -p "$OUT"
     cd "$REPO"
-    OMP_NUM_THREADS=1 nohup callic train "$DATA/train" --val "$DATA/val" --out "$OUT" "${ARGS[@]}" --threads 1 \
+    OMP_NUM_THREADS=1 nohup "$CALLIC" train "$DATA/train" --val "$DATA/val" --out "$OUT" "${ARGS[@]}" --threads 1 \
       >> "$OUT.log" 2>&1 &
     echo "campaign $RUN started (pid $!), log $OUT.log"
     ;;

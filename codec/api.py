@@ -49,6 +49,7 @@ from codec.container import HEAD, Container
 from codec.defaults import (
     DEFAULT_ADAPT_PATCHES,
     DEFAULT_JXL_EFFORT,
+    DEFAULT_PATCHES_PER_STREAM,  # noqa: F401 (re-exported; for 64x64 patches, see patches_per_stream)
     DEFAULT_STEPS,
     MIN_ADAPT_PIXELS,  # noqa: F401 (re-exported)
 )

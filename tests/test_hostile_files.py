@@ -25,6 +25,7 @@ from codec import learned
 from codec.api import read_header
 from codec.config import MGCFConfig
 from codec.container import Container
+from codec.defaults import patches_per_stream
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
 from codec.exact import ExactMGCF, StepDecoder
@@ -153,7 +154,7 @@ def test_the_encoder_writes_no_file_the_default_decoder_refuses():
         codec.encode(img, model=shipped, patches_per_stream=256, adapt=None, coder="learned")
     fits = learned.DEFAULT_DECODER_MEMORY // shipped.exact.cache_bytes_per_patch()
     learned.check_segment_memory(1024, 1024, shipped.exact, fits, learned.DEFAULT_DECODER_MEMORY)
-    assert fits >= codec.api.DEFAULT_PATCHES_PER_STREAM
+    assert fits >= patches_per_stream(shipped.exact.cfg.patch)  # bigger patches: tests/test_patch_size.py
 
 
 def _legit_streams(tiny_model, shape=(37, 45), per_stream=4, seed=1):
