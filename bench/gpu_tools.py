@@ -29,7 +29,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import struct
@@ -241,9 +240,10 @@ def whole_or_tile(px: np.ndarray, region: tuple[int, int] | None, size: int) -> 
 
 
 def sqrt_mix(pixels: dict[str, int]) -> dict[str, float]:
-    """``callic train``'s share of crops per group for these pixel counts (``jobs.trainsets.crop_mix``)."""
-    roots = {g: math.isqrt(p) for g, p in pixels.items() if p}
-    return {g: round(r / sum(roots.values()), 4) for g, r in sorted(roots.items())}
+    """``callic train``'s share of crops per group for these pixel counts, rounded for the report."""
+    from jobs.trainsets import mix_of_pixels
+
+    return {g: round(share, 4) for g, share in sorted(mix_of_pixels({g: p for g, p in pixels.items() if p}).items())}
 
 
 def train_crops(folder: Path, data: Path, crop: int, min_side: int, budget: int, seed: int) -> dict[str, Any]:

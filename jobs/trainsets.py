@@ -119,11 +119,17 @@ def group_weights(images: Groups) -> dict[str, int]:
     return {g: math.isqrt(sum(img.shape[0] * img.shape[1] for img in members)) for g, members in images.items()}
 
 
-def crop_mix(images: Groups) -> dict[str, float]:
-    """The share of training crops each group gets."""
-    weights = group_weights(as_groups(images))
+def mix_of_pixels(pixels: Mapping[str, int]) -> dict[str, float]:
+    """The share of training crops each group gets, from each group's pixel count."""
+    weights = {g: math.isqrt(p) for g, p in pixels.items()}
     total = sum(weights.values())
     return {g: w / total for g, w in weights.items()}
+
+
+def crop_mix(images: Groups) -> dict[str, float]:
+    """The share of training crops each group gets."""
+    groups = as_groups(images)
+    return mix_of_pixels({g: sum(img.shape[0] * img.shape[1] for img in members) for g, members in groups.items()})
 
 
 def step_crops(
