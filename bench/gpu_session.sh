@@ -2,14 +2,17 @@
 # One device call, prepared: install, check GPU-encode -> CPU-decode exactness, time the codec and
 # batched adaptation, then train for the time left; everything worth keeping lands in $OUT.
 #
-#   bench/gpu_session.sh --prepare [--checkpoint RUN/checkpoint.pt] [--data DIR] [--val DIR] [--photos DIR]
+#   bench/gpu_session.sh --prepare [--codec cca --lmbda L] [--checkpoint RUN/checkpoint.pt] [--data DIR] [--val DIR] [--photos DIR] [--no-slim]
+#   bench/gpu_session.sh --restore                              # after the device call: the index as it was
 #   bench/gpu_session.sh [--codec callic|cca] [--lmbda L] [--budget-s 540] [-- EXTRA callic train ARGS]
 #   bench/gpu_session.sh --dry-run [--codec cca] [--out DIR]      # every stage on the CPU, tiny model
 #
 # --prepare (here, with network): wheels of the packages the device image lacks (constriction,
 # imagecodecs) for its Python 3.12, and the pack .gpu/ (training crops, validation images, photo
 # crops for the check, the campaign checkpoint if given; bench/gpu_tools.py pack), then the bytes a
-# device call would carry against its 64 MiB.
+# device call would carry against its 64 MiB. Before packing it takes the model files the session
+# does not read out of git's index (bench/device_tree.py slim: they stay on disk; --no-slim keeps
+# them): the tracked tree alone is over 64 MiB. --restore puts them back; commit nothing before it.
 # On the device (the default): stages install (and what the machine is), check (bench/gpu_check.py),
 # train (callic train --device cuda for the minutes left), summary (bench/gpu_tools.py summary). A stage
 # that fails is recorded and the next one still runs; the exit code is 1 if any stage failed.
@@ -23,11 +26,13 @@ START=$(date +%s)
 
 MODE=device CODEC=callic LMBDA=1 BUDGET= PACK=.gpu OUTDIR=${OUT:-} CHECK_MODEL= INIT= BATCH= CHECK_S=240
 DATA=~/.cache/callic/data/train VAL=~/.cache/callic/data/val PHOTOS=~/.cache/callic/data/pkg13
-CHECKPOINT= TRAIN_MIB=auto WHEELS=1 STAGES=install,check,train
+CHECKPOINT= TRAIN_MIB=auto WHEELS=1 STAGES=install,check,train SLIM=1
 EXTRA=()
 while [ $# -gt 0 ]; do
   case $1 in
     --prepare) MODE=prepare ;;
+    --restore) MODE=restore ;;
+    --no-slim) SLIM=0 ;;
     --dry-run) MODE=dry-run ;;
     --codec) CODEC=$2; shift ;;
     --lmbda) LMBDA=$2; shift ;;
@@ -46,7 +51,7 @@ while [ $# -gt 0 ]; do
     --train-mib) TRAIN_MIB=$2; shift ;;
     --no-wheels) WHEELS=0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_session: unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -54,8 +59,16 @@ done
 case $CODEC in callic|cca) ;; *) echo "gpu_session: --codec must be callic or cca" >&2; exit 64 ;; esac
 
 # ----------------------------------------------------------------------------------- prepare
+if [ "$MODE" = restore ]; then
+  exec "${PYTHON:-python3}" bench/device_tree.py restore
+fi
 if [ "$MODE" = prepare ]; then
   PY=${PYTHON:-python3}
+  if [ "$SLIM" = 1 ]; then
+    SLIM_ARGS=(--codec "$CODEC")
+    [ "$CODEC" = cca ] && SLIM_ARGS+=(--lmbda "$LMBDA")
+    "$PY" bench/device_tree.py slim "${SLIM_ARGS[@]}"
+  fi
   grep -qx '/.gpu/' .gitignore 2>/dev/null || grep -qx '/.gpu/' .git/info/exclude 2>/dev/null \
     || { mkdir -p .git/info; echo '/.gpu/' >> .git/info/exclude; }
   ARGS=(--data "$DATA" --val "$VAL" --photos "$PHOTOS" --train-mib "$TRAIN_MIB")
@@ -174,6 +187,8 @@ check() {
     model=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
       "$WORK/models/models.json" "$CODEC")
   fi
+  # cca checks the rate point of --lmbda, the one model file of its kind a slim tree holds.
+  if [ -z "$model" ] && [ "$CODEC" = cca ] && [ "$MODE" != dry-run ]; then model=$(shipped_rate_point); fi
   local args=("$PACK/photos" --out "$OUTDIR/check.json" --codec "$CODEC" --device "$DEVICE" --threads "$THREADS"
               --cpu-workers "$CPU_WORKERS")
   # The dry run adapts for 2 steps instead of 10: the same code, a fifth of the CPU time.
@@ -184,21 +199,27 @@ check() {
   timeout --kill-after=10 "$limit" "$PY" bench/gpu_check.py "${args[@]}" --max-seconds $((limit - 30))
 }
 
+# The shipped lossy rate point trained for --lmbda (a slim tree, bench/device_tree.py, holds only
+# that one of codec/models/CCA's files).
+shipped_rate_point() {
+  "$PY" - "$LMBDA" <<'EOF'
+import sys
+from codec.lossy.api import PACKAGE_MODELS, quality_levels
+from codec.lossy.weights import load_model_file
+for name in quality_levels():
+    path = PACKAGE_MODELS / name
+    if path.is_file() and load_model_file(path).lmbda == float(sys.argv[1]):
+        print(path)
+        break
+EOF
+}
+
 # The lossy rate point to start from: --init, else the pack's checkpoint.pt (a full or stripped
 # cca checkpoint), else the shipped rate point trained for this lambda, else a fresh model.
 cca_init() {
   if [ -n "$INIT" ]; then echo "$INIT"
   elif [ -f "$PACK/checkpoint.pt" ]; then echo "$PACK/checkpoint.pt"
-  elif [ "$MODE" != dry-run ]; then
-    "$PY" - "$LMBDA" <<'EOF'
-import sys
-from codec.lossy.api import PACKAGE_MODELS, quality_levels
-from codec.lossy.weights import load_model_file
-for name in quality_levels():
-    if load_model_file(PACKAGE_MODELS / name).lmbda == float(sys.argv[1]):
-        print(PACKAGE_MODELS / name)
-        break
-EOF
+  elif [ "$MODE" != dry-run ]; then shipped_rate_point
   fi
 }
 
