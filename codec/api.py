@@ -44,10 +44,13 @@ import numpy as np
 import torch
 
 from codec import adapters, fallback, learned, rpft
+from codec import calibration as calibration_section
 from codec.adapters import AdapterSet, merge
 from codec.container import HEAD, Container
 from codec.defaults import (
+    CALIBRATION_SCHEMES,
     DEFAULT_ADAPT_PATCHES,
+    DEFAULT_CALIBRATION,
     DEFAULT_JXL_EFFORT,
     DEFAULT_PATCHES_PER_STREAM,  # noqa: F401 (re-exported; for 64x64 patches, see patches_per_stream)
     DEFAULT_STEPS,
@@ -69,6 +72,7 @@ from codec.header import (  # the HEAD section and info live in the torch-free c
     MAX_CHANNELS,
     MAX_PIXEL_BYTES,
     Header,
+    calibration_scheme,
     info,  # noqa: F401 (re-exported)
     read_header,
 )
@@ -192,6 +196,7 @@ def encode(
     adapt: AdaptConfig | None = DEFAULT_ADAPT,
     coder: str = "auto",
     jxl_effort: int = DEFAULT_JXL_EFFORT,
+    calibration: int = DEFAULT_CALIBRATION,
 ) -> bytes:
     """Compress ``image`` (numpy array, ``Raster`` or Pillow image) to ``.cllc`` bytes.
 
@@ -210,9 +215,11 @@ def encode(
     too far behind JPEG-XL's for adapters to close the gap (``ADAPT_REACH``). ``verify``: decode
     the kept file (on the CPU) and compare before returning. ``patches_per_stream``: by default
     ``codec.defaults.patches_per_stream`` of the model's patch size (64 for 64x64 patches, 16 for
-    128x128: the same pixels, and so the same decoder memory, per stream).
+    128x128: the same pixels, and so the same decoder memory, per stream). ``calibration``: the
+    learned coder's backward-adaptive calibration scheme (``codec.calibration``; 0: none).
     """
-    kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify}
+    kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify,
+              "calibration": calibration}  # fmt: skip
     return encode_many([image], adapt=adapt, coder=coder, jxl_effort=jxl_effort, **kwargs)[0][0]
 
 
@@ -226,6 +233,7 @@ def encode_many(
     adapt: AdaptConfig | None = DEFAULT_ADAPT,
     coder: str = "auto",
     jxl_effort: int = DEFAULT_JXL_EFFORT,
+    calibration: int = DEFAULT_CALIBRATION,
 ) -> list[tuple[bytes, EncodeReport]]:
     """``encode`` for several images: their adapters are fine-tuned together, in one batch (one
     forward pass per step for all of them), and each file is the same as encoding it alone would
@@ -238,6 +246,8 @@ def encode_many(
     effort = fallback.check_jxl_effort(jxl_effort)
     if patches_per_stream is not None and not 1 <= patches_per_stream <= MAX_PATCHES_PER_STREAM:
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
+    if calibration not in CALIBRATION_SCHEMES:
+        raise ValueError(f"calibration must be one of {CALIBRATION_SCHEMES}, not {calibration!r}")
     rasters = [_as_raster(image) for image in images]
     for raster in rasters:
         check_encodable(raster)
@@ -251,7 +261,7 @@ def encode_many(
         if coder == "auto" or i not in learned_idx
     }
     per = patches_per_stream or (default_patches_per_stream(model.exact.cfg.patch) if model is not None else 0)
-    learned_files = {i: _LearnedFile.code(rasters[i], model, per, effort, reports[i]) for i in learned_idx}
+    learned_files = {i: _LearnedFile.code(rasters[i], model, per, effort, reports[i], calibration) for i in learned_idx}
     steps = adapt.steps if adapt is not None else 0
     worth = [i for i in learned_idx if steps and _worth_adapting(rasters[i], learned_files[i], classical.get(i), adapt)]
     if worth and model.file is None and adapt is DEFAULT_ADAPT:
@@ -350,14 +360,17 @@ class _LearnedFile:
     header: Header
     alpha: bytes | None  # ALPH payload of an RGBA image
     per: int
+    calibration: int
     data: bytes = b""
 
     @classmethod
-    def code(cls, raster: Raster, model: Model, per: int, effort: int, report: EncodeReport) -> _LearnedFile:
+    def code(
+        cls, raster: Raster, model: Model, per: int, effort: int, report: EncodeReport, calibration: int
+    ) -> _LearnedFile:
         pixels = raster.pixels
         alpha = fallback.jxl_encode(np.ascontiguousarray(pixels[..., 3]), effort) if raster.channels == 4 else None
         header = _header(raster, CODER_MGCF, model.digest, model.exact.cfg.patch, per)
-        out = cls(raster, np.ascontiguousarray(pixels[..., :3]), header, alpha, per)
+        out = cls(raster, np.ascontiguousarray(pixels[..., :3]), header, alpha, per, calibration)
         out.data = out._file(model.exact, None, report)
         return out
 
@@ -373,8 +386,9 @@ class _LearnedFile:
 
     def _file(self, net: ExactMGCF, section: bytes | None, report: EncodeReport) -> bytes:
         with torch.inference_mode():
-            payload = _mgcf_payload(learned.encode_rgb(self.rgb, net, self.per, timings=report.timings))
-        return _container(self.raster, self.header, payload, alpha=self.alpha, section=section)
+            streams = learned.encode_rgb(self.rgb, net, self.per, timings=report.timings, calibration=self.calibration)
+        return _container(self.raster, self.header, _mgcf_payload(streams), alpha=self.alpha, section=section,
+                          calibration=self.calibration)  # fmt: skip
 
 
 def _header(raster: Raster, coder: int, model_hash: bytes, patch: int, per: int) -> Header:
@@ -383,8 +397,11 @@ def _header(raster: Raster, coder: int, model_hash: bytes, patch: int, per: int)
                   model_hash, patch, per)  # fmt: skip
 
 
-def _container(raster: Raster, header: Header, data: bytes, *, alpha: bytes | None, section: bytes | None) -> bytes:
-    """The ``.cllc`` bytes: HEAD, ALPH (learned RGBA), PLTE, the ancillary metadata, ADPT, DATA."""
+def _container(
+    raster: Raster, header: Header, data: bytes, *, alpha: bytes | None, section: bytes | None, calibration: int = 0
+) -> bytes:
+    """The ``.cllc`` bytes: HEAD, ALPH (learned RGBA), PLTE, the ancillary metadata, ADPT, CALB
+    (a calibrated learned file), DATA."""
     container = Container()
     container.add(HEAD, header.to_bytes())
     if alpha is not None:
@@ -403,6 +420,8 @@ def _container(raster: Raster, header: Header, data: bytes, *, alpha: bytes | No
             container.add(tag, value)
     if section is not None:
         container.add(adapters.SECTION, section)  # before the image: the decoder merges first
+    if calibration:
+        container.add(calibration_section.SECTION, calibration_section.section(calibration))
     container.add(b"DATA", data)
     return container.to_bytes()
 
@@ -434,6 +453,10 @@ def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", loss
     made with), or a ``CallicError`` saying why not."""
     header, container = read_header(data)
     shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
+    calibration = calibration_scheme(container)
+    if calibration and header.coder != CODER_MGCF:
+        coder = CODER_NAMES[header.coder]
+        raise CorruptFileError(f"a CALB section in a {coder} file (only the learned coder calibrates)")
     payload = container.require(b"DATA")
     dtype = np.dtype(header.dtype)
     if header.coder == CODER_CCA:
@@ -458,7 +481,9 @@ def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", loss
         n = learned.stream_count(header.height, header.width, header.patch, header.patches_per_stream)
         streams = _split_streams(payload, n)
         with torch.inference_mode():
-            rgb = learned.decode_rgb(streams, header.height, header.width, net, header.patches_per_stream)
+            rgb = learned.decode_rgb(
+                streams, header.height, header.width, net, header.patches_per_stream, calibration=calibration
+            )
         if header.channels == 4:
             alpha = fallback.jxl_decode(container.require(b"ALPH"), (header.height, header.width), dtype)
             pixels = np.concatenate([rgb, alpha[..., None]], axis=2)

@@ -11,6 +11,8 @@ One place, so that ``callic encode``, ``callic archive``, ``callic demo``, ``cal
   the encode time of the pre-trained model. Measured below.
 - ``DEFAULT_JXL_EFFORT``: libjxl effort of the JPEG-XL lossless candidate (users may set 1..10,
   as ``cjxl -e``).
+- ``DEFAULT_CALIBRATION``: the learned coder corrects its mixtures from the residuals already
+  coded (``codec.calibration``); 0 turns it off (files as earlier versions wrote them).
 - ``DEFAULT_PATCHES_PER_STREAM``: patches per range-coder stream of the learned coder, for 64x64
   patches; ``patches_per_stream(P)`` scales it to keep the pixels per stream (and so the decoder's
   memory per stream, which grows with P x P) the same for a model of another patch size P.
@@ -55,6 +57,10 @@ MIN_ADAPT_PIXELS = 200_000
 DEFAULT_JXL_EFFORT = 7
 JXL_EFFORTS = range(1, 11)
 DEFAULT_PATCHES_PER_STREAM = 64
+# Backward-adaptive calibration of the learned coder (``codec.calibration``): the scheme new files
+# are written with (0: none). Files record theirs in a CALB section.
+DEFAULT_CALIBRATION = 1
+CALIBRATION_SCHEMES = (0, 1)
 
 
 def patches_per_stream(patch: int) -> int:

@@ -30,8 +30,12 @@ _ITEMSIZE = {"bool": 1, "uint8": 1, "uint16": 2, "int32": 4, "float32": 4}
 # The adapters' section tag (``codec.adapters.SECTION``; that module needs torch, so it is named
 # here too, and a test keeps the two equal).
 ADAPTERS_SECTION = b"ADPT"
-KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", ADAPTERS_SECTION})
+# The calibration scheme's section (``codec.calibration.SECTION``, mirrored like ADPT): one byte,
+# the scheme; absent means none. Critical: a decoder that does not know it must refuse the file.
+CALIBRATION_SECTION = b"CALB"
+KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", ADAPTERS_SECTION, CALIBRATION_SECTION})
 MAX_CHANNELS = 16
+KNOWN_CALIBRATION_SCHEMES = (1,)  # codec.calibration.SCHEME; a test keeps them equal
 # The modes a coder can write (the learned and lossy coders only code RGB).
 CODER_MODES = {CODER_MGCF: ("RGB", "RGBA"), CODER_CCA: ("RGB",), CODER_JXL: tuple(MODES), CODER_ZLIB: tuple(MODES)}
 # Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
@@ -99,6 +103,19 @@ class Header:
         return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
 
 
+def calibration_scheme(container: Container) -> int:
+    """The calibration scheme a file records (0 when it has no CALB section); a section that is
+    not exactly one known scheme byte makes the file corrupt or unsupported, before any decoding."""
+    section = container.get(CALIBRATION_SECTION)
+    if section is None:
+        return 0
+    if len(section) != 1 or section[0] == 0:
+        raise CorruptFileError(f"CALB section of {len(section)} bytes: not one calibration scheme byte")
+    if section[0] not in KNOWN_CALIBRATION_SCHEMES:
+        raise UnsupportedError(f"calibration scheme {section[0]} is not known to this version of callic")
+    return section[0]
+
+
 def read_header(data: bytes) -> tuple[Header, Container]:
     """The checked HEAD and every section of a file (CRCs, lengths, critical tags), no pixels."""
     container = parse(data, KNOWN_CRITICAL)
@@ -136,5 +153,6 @@ def info(data: bytes) -> dict[str, Any]:
         "patch": header.patch or None,
         "patches_per_stream": header.patches_per_stream or None,
         "adapted": container.get(ADAPTERS_SECTION) is not None,
+        "calibration": calibration_scheme(container),
         "sections": {t.decode(): len(p) for t, p in container.sections},
     }

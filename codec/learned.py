@@ -16,7 +16,9 @@ model) must fit the decoder's budget, ``CALLIC_DECODER_MEMORY`` bytes (default 2
 of the shipped model; the default 64 patches per stream need 0.81 GB). A file whose segments do
 not fit is refused before anything is allocated, and the encoder refuses to write one that a
 decoder with the default budget would refuse. Batches of several segments are held to the budget
-and grow from one segment (``_segment_groups``).
+and grow from one segment (``_segment_groups``). Calibration (``codec.calibration``) adds its
+residual maps, 32 (P + 4)**2 bytes per patch (0.15 MB at P = 64, 1.2% of the caches), and its
+per-segment statistics (under 1 MB), outside the budget.
 
 Work: every patch holds a real pixel, so every stream holds at least one word (an empty one is
 corrupt before anything is allocated), and ``codec.entropy.Decoder`` raises at the first step
@@ -33,6 +35,7 @@ import time
 import numpy as np
 import torch
 
+from codec.calibration import Calibrator, check_scheme
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
 from codec.exact import ExactMGCF
@@ -96,18 +99,39 @@ def check_segment_memory(height: int, width: int, model: ExactMGCF, per_stream: 
         )
 
 
-def _code_step(coders: list, counts: list[int], params: torch.Tensor, pixels: torch.Tensor, k: int, luts) -> None:
+def _code_step(
+    coders: list, counts: list[int], params: torch.Tensor, pixels: torch.Tensor, k: int, luts,
+    calibrator: Calibrator | None = None,
+) -> None:  # fmt: skip
     """Code one step's R, G, B symbols: ``params``/``pixels`` hold the real rows of consecutive
     segments, ``counts[i]`` of them for ``coders[i]``. Encoders read ``pixels``; decoders fill them in.
-    Tables are computed once for all rows, then split among the coders."""
+    Tables are computed once for all rows, then split among the coders. With a ``calibrator``
+    (whose ``begin_step`` has been called), its corrections shape the tables and each channel's
+    values are shown to it once known: the same calls in the same order on both sides."""
     for channel in range(3):
-        tables = frequency_tables(params, channel, pixels, k, luts).split(counts)
+        correct = calibrator.correction(channel) if calibrator is not None else None
+        tables = frequency_tables(params, channel, pixels, k, luts, correct).split(counts)
         if isinstance(coders[0], Encoder):
             for coder, rows, t in zip(coders, pixels[:, channel].split(counts), tables, strict=True):
                 coder.encode(rows, t)
         else:
             decoded = [coder.decode(t) for coder, t in zip(coders, tables, strict=True)]
             pixels[:, channel] = torch.cat(decoded).to(pixels.device)
+        if calibrator is not None:
+            calibrator.observe(channel, pixels[:, channel])
+    if calibrator is not None:
+        calibrator.end_step()
+
+
+def _calibrator(scheme: int, model: ExactMGCF, num_patches: int, local: list[slice]) -> Calibrator | None:
+    """A batch's calibration state (``codec.calibration``), or None for scheme 0 (none)."""
+    if not scheme:
+        return None
+    check_scheme(scheme)
+    segment_of_patch = torch.zeros(num_patches, dtype=torch.int64)
+    for i, sl in enumerate(local):
+        segment_of_patch[sl] = i
+    return Calibrator(model.cfg.patch, segment_of_patch.to(model.device), model.luts)
 
 
 def _segment_groups(seg_ranges: list[range], max_patches: int) -> list[list[int]]:
@@ -156,10 +180,12 @@ def encode_rgb(
     per_stream: int,
     max_patches: int | None = None,
     timings: dict[str, float] | None = None,
+    calibration: int = 0,
 ) -> list[bytes]:
     """One parallel pass per batch of segments, then every step's symbols into each segment's stream.
     ``timings`` (if given) accumulates seconds in ``exact_pass_s`` and ``coding_s``. Layouts that a
-    decoder with the default budget would refuse are refused here (``UnsupportedError``)."""
+    decoder with the default budget would refuse are refused here (``UnsupportedError``).
+    ``calibration``: the ``codec.calibration`` scheme (0: none), which the file must record."""
     p, k = model.cfg.patch, model.cfg.mixtures
     h, w, _ = pixels.shape
     check_segment_memory(h, w, model, per_stream, min(DECODER_BATCH_BYTES, DEFAULT_DECODER_MEMORY))
@@ -175,21 +201,33 @@ def encode_rgb(
         middle = time.perf_counter()
         clock["exact_pass_s"] = clock.get("exact_pass_s", 0.0) + middle - start
         coders = [Encoder() for _ in local]
+        calibrator = _calibrator(calibration, model, len(batch), local)
         for step in range(_segment_steps(mask)):
             rows, cols, real, counts = _step_rows(mask, local, p, step, params.device)
             prm = params[:, rows.to(params.device), cols.to(params.device)].reshape(-1, params.shape[-1])[real]
             pix = batch_patches[:, rows, cols].reshape(-1, 3).to(params.device)[real]
-            _code_step(coders, counts, prm, pix, k, model.luts)
+            if calibrator is not None:
+                calibrator.begin_step(rows, cols, real)
+            _code_step(coders, counts, prm, pix, k, model.luts, calibrator)
         streams += [coder.finish() for coder in coders]
         clock["coding_s"] = clock.get("coding_s", 0.0) + time.perf_counter() - middle
     return streams
 
 
 def decode_rgb(
-    streams: list[bytes], height: int, width: int, model: ExactMGCF, per_stream: int, max_patches: int | None = None
+    streams: list[bytes],
+    height: int,
+    width: int,
+    model: ExactMGCF,
+    per_stream: int,
+    max_patches: int | None = None,
+    calibration: int = 0,
 ) -> np.ndarray:
     """Decode all segments, batching as many patches per step as ``max_patches`` (default: what
-    ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder."""
+    ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder.
+    ``calibration``: the scheme the file records (0: none)."""
+    if calibration:
+        check_scheme(calibration)
     p, k = model.cfg.patch, model.cfg.mixtures
     nh, nw = math.ceil(height / p), math.ceil(width / p)
     expected = stream_count(height, width, p, per_stream)
@@ -205,12 +243,15 @@ def decode_rgb(
     for batch, mask, local, group in _batches(height, width, model, per_stream, max_patches):
         coders = [Decoder(streams[i]) for i in group]
         state = model.step_decoder(len(batch))
+        calibrator = _calibrator(calibration, model, len(batch), local)
         for step in range(_segment_steps(mask)):
             params = state.params(step)
             rows, cols, real, counts = _step_rows(mask, local, p, step, params.device)
             pix = torch.full((real.shape[0], 3), 128, dtype=torch.int64, device=params.device)
             decoded = pix[real]
-            _code_step(coders, counts, params.reshape(-1, params.shape[-1])[real], decoded, k, model.luts)
+            if calibrator is not None:
+                calibrator.begin_step(rows, cols, real)
+            _code_step(coders, counts, params.reshape(-1, params.shape[-1])[real], decoded, k, model.luts, calibrator)
             pix[real] = decoded
             pix = pix.view(len(batch), rows.numel(), 3)
             state.set_pixels(step, pix)

@@ -12,6 +12,8 @@ argument z at 2**-26; CDF values at 2**-24; mixture weights at 2**-12 (the large
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -42,26 +44,54 @@ def _edge_index(device: torch.device) -> torch.Tensor:
     return torch.arange(NUM_SYMBOLS - 1, dtype=torch.float64, device=device)
 
 
+@dataclass
+class MixtureInts:
+    """One channel's mixture for N positions, in the units the tables are built from (all int64,
+    (N, K)): weights at 2**-12 (the largest is 4096), means in 1/64 pixel (coupling applied),
+    log-scales at 2**-12 (clamped to the model's range) and their inverse scales at 2**-20."""
+
+    weights: torch.Tensor
+    mean: torch.Tensor
+    log_scale: torch.Tensor
+    inv_scale: torch.Tensor
+
+
+class Correction(Protocol):
+    """Adjusts a chunk of rows' mixtures before their tables are built (``codec.calibration``)."""
+
+    def __call__(self, rows: slice, mixture: MixtureInts) -> MixtureInts: ...
+
+
 def frequency_tables(
-    params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
+    params: torch.Tensor,
+    channel: int,
+    pixels: torch.Tensor,
+    k: int,
+    luts: dict[str, torch.Tensor],
+    correct: Correction | None = None,
 ) -> torch.Tensor:
     """Tables (N, 256) int64 for ``channel`` of N positions.
 
     ``luts`` are the model's tables as float64 (``ExactMGCF.luts``).
 
     ``params`` (N, 10K) are the exact network outputs; ``pixels`` (N, 3) must hold the true R
-    (and G) values when coding G (and B); later channels are ignored.
+    (and G) values when coding G (and B); later channels are ignored. ``correct``, if given, is
+    called once per chunk of rows, in order, and its mixtures are the ones tabulated.
     """
-    out = [
-        _tables(params[s : s + ROWS_PER_CHUNK], channel, pixels[s : s + ROWS_PER_CHUNK], k, luts)
-        for s in range(0, params.shape[0], ROWS_PER_CHUNK)
-    ]
+    out = []
+    for s in range(0, params.shape[0], ROWS_PER_CHUNK):
+        rows = slice(s, min(s + ROWS_PER_CHUNK, params.shape[0]))
+        mixture = mixture_ints(params[rows], channel, pixels[rows], k, luts)
+        if correct is not None:
+            mixture = correct(rows, mixture)
+        out.append(mixture_tables(mixture, luts))
     return torch.cat(out) if out else torch.empty(0, NUM_SYMBOLS, dtype=torch.int64, device=params.device)
 
 
-def _tables(
+def mixture_ints(
     params: torch.Tensor, channel: int, pixels: torch.Tensor, k: int, luts: dict[str, torch.Tensor]
-) -> torch.Tensor:
+) -> MixtureInts:
+    """The integer mixture of ``channel`` from the exact network outputs (see ``frequency_tables``)."""
     p = params.long()
     logits = p[:, :k]
     weights = lut_lookup(logits - logits.max(1, keepdim=True).values, luts["exp"], -EXP_LUT_RANGE * _ONE, 0).long()
@@ -76,16 +106,27 @@ def _tables(
 
         shift = tanh(0) * pix[:, 0:1] if channel == 1 else tanh(1) * pix[:, 0:1] + tanh(2) * pix[:, 1:2]
         mean = mean + torch.div(shift + 32, 64, rounding_mode="floor")
-    log_scale = p[:, k * (4 + channel) : k * (5 + channel)]
-    inv_scale = lut_lookup(log_scale, luts["inv_scale"], _LS_LO, _LS_HI).long()
+    log_scale = p[:, k * (4 + channel) : k * (5 + channel)].clamp(_LS_LO, _LS_HI)
+    return MixtureInts(weights, mean, log_scale, inverse_scale(log_scale, luts))
+
+
+def inverse_scale(log_scale: torch.Tensor, luts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """exp(-log_scale) at 2**-20 (int64) of log-scales at 2**-12, from the model's table."""
+    return lut_lookup(log_scale, luts["inv_scale"], _LS_LO, _LS_HI).long()
+
+
+def mixture_tables(mixture: MixtureInts, luts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tables (N, 256) of integer mixtures whose means stay within +-2**23 (1/64 pixel) and whose
+    inverse scales are in [1, 2**27): the bounds that keep the table positions exact."""
+    weights, mean, inv_scale = mixture.weights, mixture.mean, mixture.inv_scale
     # z at edge v is (64 v + 32 - mean) * inv_scale = offset + v * slope, in 2**-26 units. Shifted
     # by _Z_LIMIT + half a table step and scaled by 2**-_Z_SHIFT, both terms are exact float64
-    # dyadics (< 2**48 with 14 fractional bits), so one multiply-add gives the exact table position
+    # dyadics (< 2**51 with 14 fractional bits), so one multiply-add gives the exact table position
     # and truncating it (it is clamped to be >= 0) is the floor.
     scale = 2.0**-_Z_SHIFT
     slope = (inv_scale * 64).double().mul_(scale).unsqueeze(-1)
     offset = ((32 - mean) * inv_scale + (_Z_LIMIT + (1 << (_Z_SHIFT - 1)))).double().mul_(scale).unsqueeze(-1)
-    position = torch.addcmul(offset, slope, _edge_index(p.device)).clamp_(0, 2 * _Z_LIMIT * scale)
+    position = torch.addcmul(offset, slope, _edge_index(mean.device)).clamp_(0, 2 * _Z_LIMIT * scale)
     cdf = luts["sigmoid"][position.long()]  # (n, k, 255), 0..2**24
     mixed = torch.bmm(weights.double().unsqueeze(1), cdf).squeeze(1).long()  # (n, 255), exact: < 2**39
     return _table_from_cdf(mixed, weights.sum(1, keepdim=True))

@@ -44,7 +44,7 @@ from typing import Any
 import imagecodecs
 import numpy as np
 
-from codec.defaults import DEFAULT_STEPS, MIN_ADAPT_PIXELS
+from codec.defaults import CALIBRATION_SCHEMES, DEFAULT_CALIBRATION, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.images import read_image
 from jobs.adaptargs import adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
@@ -139,19 +139,22 @@ def add_green(pixels: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Variant:
     """One callic configuration under test: T (0 = no adaptation; default the CLI's and the API's
-    ``DEFAULT_STEPS``) and the RPFT patch order."""
+    ``DEFAULT_STEPS``), the RPFT patch order and the calibration scheme (``codec.calibration``;
+    named ``-cal0`` when it is not the default)."""
 
     steps: int = DEFAULT_STEPS
     order: str = "rate"
+    calibration: int = DEFAULT_CALIBRATION
 
     @property
     def name(self) -> str:
+        cal = "" if self.calibration == DEFAULT_CALIBRATION else f"-cal{self.calibration}"
         if self.steps == 0:
-            return "callic"
-        return f"callic-t{self.steps}" + ("" if self.order == "rate" else f"-{self.order}")
+            return "callic" + cal
+        return f"callic-t{self.steps}" + ("" if self.order == "rate" else f"-{self.order}") + cal
 
 
-def callic_codec(model: Any, device: str, adapt: Any, name: str) -> Codec:
+def callic_codec(model: Any, device: str, adapt: Any, name: str, calibration: int = DEFAULT_CALIBRATION) -> Codec:
     """Our codec with its model loaded once (not per image); ``details`` gives the stage times."""
     import codec.api
 
@@ -159,7 +162,9 @@ def callic_codec(model: Any, device: str, adapt: Any, name: str) -> Codec:
 
     def encode(pixels: np.ndarray) -> bytes:
         # The learned coder's own file: "auto" would hand JPEG-XL's in where it is smaller.
-        [(data, report)] = codec.api.encode_many([pixels], model=model, device=device, adapt=adapt, coder="learned")
+        [(data, report)] = codec.api.encode_many(
+            [pixels], model=model, device=device, adapt=adapt, coder="learned", calibration=calibration
+        )
         last.clear()
         last.update({k: report.timings.get(k) for k in STAGES})
         last.update(adapters=report.adapters, adapter_bytes=report.adapter_bytes)
@@ -193,7 +198,7 @@ def build_codecs(
 
             model = codec.api.load_model(model_path, device)
             model_hash = model.digest.hex()
-            codecs += [callic_codec(model, device, adapt_for(v), v.name) for v in variants]
+            codecs += [callic_codec(model, device, adapt_for(v), v.name, v.calibration) for v in variants]
         else:
             codecs.append(anchors[name])
     return codecs, model_hash
@@ -670,6 +675,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _calibration_list(text: str) -> list[int]:
+    values = _int_list(text)
+    bad = [v for v in values if v not in CALIBRATION_SCHEMES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"calibration schemes are {CALIBRATION_SCHEMES}, not {bad[0]}")
+    return values
+
+
 def _order_list(text: str) -> list[str]:
     from codec.rpft import ORDERS
 
@@ -679,8 +692,10 @@ def _order_list(text: str) -> list[str]:
     return values
 
 
-def variants(steps: Sequence[int], orders: Sequence[str]) -> list[Variant]:
-    return list(dict.fromkeys(Variant(t, o if t else "rate") for t in steps for o in orders))
+def variants(
+    steps: Sequence[int], orders: Sequence[str], calibrations: Sequence[int] = (DEFAULT_CALIBRATION,)
+) -> list[Variant]:
+    return list(dict.fromkeys(Variant(t, o if t else "rate", c) for t in steps for o in orders for c in calibrations))
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -716,6 +731,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--adapt-order", type=_order_list, default=["rate"], help="RPFT patch orders, comma list (rate,random,all)"
     )
     p.add_argument(
+        "--calibration",
+        type=_calibration_list,
+        default=[DEFAULT_CALIBRATION],
+        help=f"callic calibration schemes, comma list (0: none; default {DEFAULT_CALIBRATION})",
+    )
+    p.add_argument(
         "--workers",
         type=_positive,
         help="run on Ray actors (the archive pipeline's machinery): N workers, each with its share of the cores",
@@ -741,7 +762,7 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)
         return 1
-    chosen = variants(args.steps, args.adapt_order)
+    chosen = variants(args.steps, args.adapt_order, args.calibration)
     configs = {v: adapt_config(args, v.steps, v.order) for v in chosen}  # flags checked before any work
     if args.workers:  # the workers build their own; here only the model's hash is needed
         codecs, model_hash = [], (model_digest(args.model) if "callic" in args.codecs else None)

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codec.defaults import DEFAULT_JXL_EFFORT, DEFAULT_PATCHES_PER_STREAM, DEFAULT_STEPS, JXL_EFFORTS
+from codec.defaults import (
+    CALIBRATION_SCHEMES,
+    DEFAULT_CALIBRATION,
+    DEFAULT_JXL_EFFORT,
+    DEFAULT_PATCHES_PER_STREAM,
+    DEFAULT_STEPS,
+    JXL_EFFORTS,
+)
 from codec.errors import CallicError
 from jobs.cli import COMMANDS, THREADS_HELP, UsageError, error_report
 
@@ -284,6 +291,7 @@ def encode_file(job: Job, rep: Reporter, args: argparse.Namespace, model: Once, 
         device=args.device,
         verify=args.verify,
         patches_per_stream=args.patches_per_stream,
+        calibration=args.calibration,
         adapt=adapt,
         coder=CODEC_CHOICES[args.codec],
         jxl_effort=args.jxl_effort,
@@ -530,6 +538,14 @@ def add_encode_parser(sub: Any) -> None:
         default=None,
         help="patches per independently coded stream (bounds the decoder's memory; default "
         f"{DEFAULT_PATCHES_PER_STREAM} for 64x64 patches, fewer for bigger patches: the same pixels per stream)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        choices=CALIBRATION_SCHEMES,
+        default=DEFAULT_CALIBRATION,
+        help="learned coder: correct the model's predictions from the pixels already coded (scheme 1, "
+        f"no side information; 0: off, as files before it). Default {DEFAULT_CALIBRATION}",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print the time of each stage and the adaptation")
     steps_help = f"fine-tuning steps T (0: none; default {DEFAULT_STEPS}; small images are never adapted)"
