@@ -50,7 +50,7 @@ import torch
 import codec
 from codec import adapters, rpft
 from codec.api import EncodeReport, _LearnedFile, with_adapters
-from codec.defaults import patches_per_stream
+from codec.defaults import DEFAULT_CALIBRATION, patches_per_stream
 from codec.errors import CallicError
 from codec.images import read_image
 from codec.rpft import AdaptConfig
@@ -177,7 +177,8 @@ def forced_adapter_file(px: np.ndarray, model: codec.api.Model, device: str, cfg
     section = adapters.encode_section(net.cfg, adapted.adapters, net.luts["sigmoid"])
     raster = codec.Raster.from_array(px)
     report = EncodeReport()
-    learned = _LearnedFile.code(raster, model, patches_per_stream(model.exact.cfg.patch), 1, report)
+    per = patches_per_stream(model.exact.cfg.patch)
+    learned = _LearnedFile.code(raster, model, per, 1, report, DEFAULT_CALIBRATION)
     return learned._file(merged, section, report)
 
 

@@ -18,7 +18,13 @@ from PIL import Image
 
 import codec.api as api
 from codec import rpft
-from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS, patches_per_stream
+from codec.defaults import (
+    DEFAULT_ADAPT_PATCHES,
+    DEFAULT_CALIBRATION,
+    DEFAULT_JXL_EFFORT,
+    DEFAULT_STEPS,
+    patches_per_stream,
+)
 from codec.rpft import AdaptConfig
 
 
@@ -30,7 +36,7 @@ def crop_row(model: api.Model, name: str, img: np.ndarray, size: int, cfg: Adapt
     report = api.EncodeReport()
     start = time.perf_counter()
     per = patches_per_stream(model.exact.cfg.patch)
-    learned = api._LearnedFile.code(raster, model, per, DEFAULT_JXL_EFFORT, report)
+    learned = api._LearnedFile.code(raster, model, per, DEFAULT_JXL_EFFORT, report, DEFAULT_CALIBRATION)
     base_s, base = time.perf_counter() - start, len(learned.data)
     start = time.perf_counter()
     (adapted,) = rpft.adapt(model.float_model("cpu"), [learned.rgb], cfg)

@@ -249,6 +249,7 @@ def test_each_segment_decodes_alone_whatever_the_batching(tiny_model, samples):
     px = _photo(samples, 30, 35)  # 4 x 5 patches of 8: 20 patches, 7 segments of 3
     net = tiny_model.exact
     streams = codec.learned.encode_rgb(px, net, 3, calibration=1)
+    assert codec.learned.encode_rgb(px, net, 3, max_patches=1, calibration=1) == streams
     for max_patches in (1, 3, 9, None):
         out = codec.learned.decode_rgb(streams, 30, 35, net, 3, max_patches=max_patches, calibration=1)
         assert_same_pixels(out, px)
