@@ -89,7 +89,7 @@ class Calibrator:
 
     def __init__(self, patch: int, segment_of_patch: torch.Tensor, luts: dict[str, torch.Tensor]):
         dev = segment_of_patch.device
-        self.p, self.dev, self.luts = patch, dev, luts
+        self.dev, self.luts = dev, luts
         self.seg_of_patch = segment_of_patch.long()
         self.segments = int(segment_of_patch.max()) + 1 if segment_of_patch.numel() else 0
         b, side = segment_of_patch.numel(), patch + 2 * BORDER
@@ -137,6 +137,7 @@ class Calibrator:
 
     def correction(self, channel: int):
         features = self.features(channel)
+        self.current = features  # observe(channel) regresses on the same features
 
         def correct(rows: slice, mix: MixtureInts) -> MixtureInts:
             return self._correct(channel, rows, features[rows], mix)
@@ -181,7 +182,7 @@ class Calibrator:
         z = torch.div((x64 - self.centre - self.shift).abs() * self.inv_s, 1 << _Y_SHIFT, rounding_mode="floor")
         self.sum_abs.index_add_(0, self.context, z.clamp_(max=Y_LIMIT))
         self.count.index_add_(0, self.context, torch.ones_like(z))
-        f = self.features(channel).double()
+        f = self.current.double()
         yd = y.double()
         start = 0
         for s, n in enumerate(self.seg_counts):

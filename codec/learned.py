@@ -226,8 +226,6 @@ def decode_rgb(
     """Decode all segments, batching as many patches per step as ``max_patches`` (default: what
     ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder.
     ``calibration``: the scheme the file records (0: none)."""
-    if calibration:
-        check_scheme(calibration)
     p, k = model.cfg.patch, model.cfg.mixtures
     nh, nw = math.ceil(height / p), math.ceil(width / p)
     expected = stream_count(height, width, p, per_stream)
