@@ -198,9 +198,21 @@ class MGCF(nn.Module):
         H and W are one patch (or a batch of patches): context never crosses a patch border.
         ``deltas``: per-sample adapter updates (per-image fine-tuning), by layer name.
         """
+        return self.tail(self.trunk(pixels, 0), 0, deltas)
+
+    def trunk(self, pixels: torch.Tensor, blocks: int, deltas: Deltas | None = None) -> torch.Tensor:
+        """The embedding and the first ``blocks`` blocks: features (B, H, W, C). Split from
+        ``tail`` so that per-image fine-tuning of the later layers only (``codec.rpft``) can
+        compute the frozen ones once."""
         x = (pixels.to(self.head.weight.dtype) - PIXEL_CENTER) / PIXEL_SCALE
         x = self.embed(x).permute(0, 2, 3, 1)
-        for block in self.blocks:
+        for block in self.blocks[:blocks]:
+            x = block(x, deltas)
+        return x
+
+    def tail(self, x: torch.Tensor, first: int, deltas: Deltas | None = None) -> torch.Tensor:
+        """Blocks ``first..`` and the head, on ``trunk(pixels, first)``: mixture parameters."""
+        for block in self.blocks[first:]:
             x = block(x, deltas)
         return linear(self.head, x, (deltas or {}).get("head"))
 

@@ -21,6 +21,12 @@ to float rounding.
 
 Beyond the paper, ``max_patches`` caps the patches an image trains on per step (a random subset,
 fixed by the seed, of its first F(t)): large images then cost the same per step as small ones.
+And ``first_block`` chooses the layers that adapt: 0 (default) every block and the head, as the
+paper; ``b`` > 0 only blocks ``b..`` and the head. The frozen layers before block ``b`` then see
+the same patches at every step, so their output is computed once per patch (in the rate
+estimate's pass) and kept, up to ``FEATURE_CACHE_BYTES``; a step costs only the adapted layers'
+forward and backward. The file is the same format: the frozen layers' deltas are zeros, which
+the ADPT section codes in a few bits per tensor.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from codec.mixture import nll_bits
 
 ORDERS = ("rate", "random", "all")
 PRIOR_SCALE = 1.0  # in quantization steps
+FEATURE_CACHE_BYTES = 512 << 20  # frozen layers' outputs kept per adaptation (first_block > 0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class AdaptConfig:
     spec: AdapterSpec = field(default_factory=AdapterSpec)
     seed: int = 0
     min_pixels: int = MIN_ADAPT_PIXELS
+    first_block: int = 0  # blocks before it stay frozen (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -76,6 +84,8 @@ class AdaptConfig:
             raise ValueError("need 0 < b <= 1, 0 <= d < 1, e > 0")
         if self.max_patches is not None and self.max_patches < 1:
             raise ValueError("max_patches must be >= 1")
+        if self.first_block < 0:
+            raise ValueError("first_block must be >= 0")
 
 
 def fraction(t: int, cfg: AdaptConfig) -> float:
@@ -154,9 +164,19 @@ class ImageAdapters(nn.Module):
             total = total - torch.log2(p.clamp_min(1e-12)).flatten(1).sum(1)
         return total
 
+    def trainable(self, first_block: int) -> list[nn.Parameter]:
+        """The deltas of blocks ``first_block..`` and of the head (the others stay zero)."""
+        depth = self.cfg.depth
+        return [d for d, f in zip(self.delta, self.factors, strict=True) if _block_of(f.name, depth) >= first_block]
+
     def export(self, i: int) -> AdapterSet:
         deltas = {f.name: torch.round(self._steps(j)[i].detach()).long().cpu() for j, f in enumerate(self.factors)}
         return AdapterSet(self.spec, deltas)
+
+
+def _block_of(name: str, depth: int) -> int:
+    """The block a factor adapts (``blocks.3.fc1.up`` -> 3); the head counts as block ``depth``."""
+    return int(name.split(".")[1]) if name.startswith("blocks.") else depth
 
 
 @dataclass
@@ -196,10 +216,39 @@ class _Passes:
     mixed: bool
 
 
-def _patch_bits(model: MGCF, x: torch.Tensor, mask: torch.Tensor, deltas: Deltas | None, amp: bool) -> torch.Tensor:
-    """Estimated bits of each patch's real pixels, (B,)."""
+class _Trunk:
+    """The frozen layers' output (``MGCF.trunk`` up to ``first`` blocks) per patch: computed the
+    first time a patch is seen, kept while ``FEATURE_CACHE_BYTES`` allow (else recomputed)."""
+
+    def __init__(self, model: MGCF, batch: _Batch, first: int, amp: bool):
+        self.model, self.batch, self.first, self.amp = model, batch, first, amp
+        p = model.cfg.patch
+        self.room = FEATURE_CACHE_BYTES // (p * p * model.cfg.width * (2 if amp else 4))
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        ids = idx.tolist()
+        fresh: dict[int, torch.Tensor] = {}
+        missing = [i for i in ids if i not in self.kept]
+        if missing:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                out = self.model.trunk(self.batch.patches[torch.tensor(missing, device=idx.device)], self.first)
+            for i, row in zip(missing, out, strict=True):
+                if len(self.kept) < self.room:
+                    self.kept[i] = row
+                else:
+                    fresh[i] = row
+        return torch.stack([self.kept[i] if i in self.kept else fresh[i] for i in ids])
+
+
+def _patch_bits(
+    model: MGCF, x: torch.Tensor, mask: torch.Tensor, deltas: Deltas | None, amp: bool,
+    trunk: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Estimated bits of each patch's real pixels, (B,). ``trunk``: (first block, its input
+    features) when the layers before it are frozen and already computed."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        params = model(x, deltas)
+        params = model(x, deltas) if trunk is None else model.tail(trunk[1], trunk[0], deltas)
     bits = nll_bits(params.float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum(-1)
     return (bits * mask).sum((1, 2))
 
@@ -211,6 +260,7 @@ def _run(
     which: torch.Tensor,
     passes: _Passes,
     grad_scale: torch.Tensor | None = None,
+    trunk: _Trunk | None = None,
 ) -> torch.Tensor:
     """Estimated bits of patches ``which`` (global indices, grouped by image). With ``grad_scale``
     (per image) it also back-propagates sum(bits * scale), one pass at a time.
@@ -218,13 +268,15 @@ def _run(
     Mixed passes (the GPU default) hold patches of several images, each with its own image's
     updates: one big pass keeps a GPU busy. Otherwise (the CPU default) a pass holds one image's
     patches, whose updates are merged into the weights once (``codec.mgcf``): cheaper on a CPU,
-    and a pass then never depends on the other images of the batch.
+    and a pass then never depends on the other images of the batch. With a ``trunk``, only the
+    layers after it run (on its kept features).
     """
     out = []
     for idx in _chunks(which, batch.image, passes.chunk, passes.mixed):
         img = batch.image[idx]
         deltas = None if adapters is None else adapters.patch_deltas(img if passes.mixed else img[:1])
-        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp)
+        kept = None if trunk is None else (trunk.first, trunk.features(idx))
+        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp, kept)
         if grad_scale is not None:
             (bits * grad_scale[img]).sum().backward()
         out.append(bits.detach())
@@ -268,10 +320,13 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
     model.eval()
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    if cfg.first_block > model.cfg.depth:
+        raise ValueError(f"first_block {cfg.first_block} is past the model's {model.cfg.depth} blocks")
     batch = _Batch.of(images, model.cfg.patch, device)
+    trunk = _Trunk(model, batch, cfg.first_block, passes.amp) if cfg.first_block else None
     everything = torch.arange(len(batch.image), device=device)
     with torch.no_grad():
-        base = _run(model, None, batch, everything, passes)
+        base = _run(model, None, batch, everything, passes, trunk=trunk)
     orders = []  # per image, global patch indices in training order
     for i in range(len(images)):
         own = batch.patch_range(i)
@@ -285,18 +340,18 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
 
     start = time.perf_counter()
     adapters = ImageAdapters(model, cfg.spec, len(images))
-    optimizer = torch.optim.Adam(adapters.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(adapters.trainable(cfg.first_block), lr=cfg.lr)
     for t in range(cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         which = torch.cat([_selection(t, cfg, order) for order in orders])
         selected = 3 * torch.zeros(len(images), device=device).index_add_(
             0, batch.image[which], batch.mask[which].sum((1, 2)).float()
         )
-        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected)
+        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected, trunk=trunk)
         (adapters.rate_bits(_step_seed(cfg, t)) / batch.subpixels).sum().backward()
         optimizer.step()
     with torch.no_grad():
-        adapted = _run(model, adapters, batch, everything, passes)
+        adapted = _run(model, adapters, batch, everything, passes, trunk=trunk)
     _sync(device)
     timings["fine_tune_s"] = time.perf_counter() - start
     return [

@@ -169,8 +169,8 @@ def test_rate_order_trains_on_the_costliest_patches_first(tiny_model, monkeypatc
     seen = []
     real_run = rpft._run
 
-    def spy(model, ad, batch, which, passes, grad_scale=None):
-        out = real_run(model, ad, batch, which, passes, grad_scale)
+    def spy(model, ad, batch, which, passes, grad_scale=None, trunk=None):
+        out = real_run(model, ad, batch, which, passes, grad_scale, trunk)
         if ad is None:
             seen.append(("estimate", out.clone()))
         elif grad_scale is not None:
@@ -232,3 +232,45 @@ def test_cpu_passes_hold_one_image_each():
     per_image = [c.tolist() for c in _chunks(which, image, 2, mixed=False)]
     assert per_image == [[2, 0], [1], [4, 3], [5, 6], [7, 8]]
     assert [c.tolist() for c in _chunks(which, image, 4, mixed=True)] == [[2, 0, 1, 4], [3, 5, 6, 7], [8]]
+
+
+def test_frozen_layers_keep_zero_deltas_and_round_trip(image, tiny_model):
+    """Adapting blocks ``first_block..`` and the head only (``AdaptConfig.first_block``; the tiny
+    model has one block, so here the head alone): the frozen layers' deltas stay zero, the
+    others move, and the file decodes exactly."""
+    from codec import rpft
+
+    first_block = depth = tiny_model.exact.cfg.depth
+    cfg = dataclasses.replace(ADAPT, first_block=first_block)
+    [out] = rpft.adapt(tiny_model.float_model("cpu"), [image], cfg)
+    moved = {name for name, d in out.adapters.deltas.items() if d.any()}
+    assert moved, "nothing was adapted"
+    assert all(rpft._block_of(name, depth) >= first_block for name in moved), moved
+    [(data, report)] = codec.api.encode_many([image], model=tiny_model, adapt=cfg, verify=True, **LEARNED)
+    assert report.adapters == "kept"
+    assert_same_pixels(codec.decode(data, model=tiny_model).pixels, image)
+
+
+def test_kept_trunk_features_give_what_recomputing_them_gives(image, tiny_model, monkeypatch):
+    """The frozen layers' outputs are kept per patch within a budget; without any budget they are
+    recomputed every pass: the same adapters either way (up to float rounding of the batching)."""
+    from codec import rpft
+
+    cfg = dataclasses.replace(ADAPT, first_block=1, max_patches=3)
+    net = tiny_model.float_model("cpu")
+    [kept] = rpft.adapt(net, [image], cfg)
+    monkeypatch.setattr(rpft, "FEATURE_CACHE_BYTES", 0)
+    [recomputed] = rpft.adapt(net, [image], cfg)
+    assert recomputed.base_bits == pytest.approx(kept.base_bits, rel=1e-5)
+    assert recomputed.adapted_bits == pytest.approx(kept.adapted_bits, rel=1e-4)
+    differ = sum(int((kept.adapters.deltas[k] != recomputed.adapters.deltas[k]).sum()) for k in kept.adapters.deltas)
+    assert differ <= 2  # a delta on a rounding edge may flip
+
+
+def test_first_block_past_the_model_is_refused(image, tiny_model):
+    from codec import rpft
+
+    with pytest.raises(ValueError, match="first_block"):
+        rpft.adapt(tiny_model.float_model("cpu"), [image], AdaptConfig(steps=1, first_block=99, min_pixels=0))
+    with pytest.raises(ValueError, match="first_block"):
+        AdaptConfig(first_block=-1)
