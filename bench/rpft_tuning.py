@@ -4,7 +4,7 @@ image with the quantized adapters (``codec.rpft.Adapted.adapted_bits``) plus the
 section's bytes, against the float model's bits without adapters. Real files: ``callic bench``.
 
 Each variant is ``name:key=value,...`` over ``codec.rpft.AdaptConfig`` fields (``steps``,
-``first_block``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``); the variants run one after the
+``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``); the variants run one after the
 other on each image, so load on the machine falls on all of them alike. Fine-tuning seconds are
 ``AdaptConfig``'s own clock (the T steps and the final estimate, not the rate estimate).
 
@@ -13,13 +13,12 @@ other on each image, so load on the machine falls on all of them alike. Fine-tun
 adapted one: does RPFT still pay once the coder calibrates itself?
 
     python bench/rpft_tuning.py ~/.cache/callic/data/pkg13 --max-pixels 2e5 \\
-        --variant all10:steps=10 --variant last10:steps=10,first_block=2 [--out rows.jsonl]
+        --variant all10:steps=10 --variant last10:steps=10,layers=last [--out rows.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -36,11 +35,10 @@ from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_STEPS, patches_per_str
 from codec.images import read_image
 from codec.rpft import AdaptConfig, adapt
 
-FIELDS = {f.name: f.type for f in dataclasses.fields(AdaptConfig)}
 DEFAULT_VARIANTS = [
     f"all{DEFAULT_STEPS}:steps={DEFAULT_STEPS}",
-    f"last{DEFAULT_STEPS}:steps={DEFAULT_STEPS},first_block=2",
-    f"head{DEFAULT_STEPS}:steps={DEFAULT_STEPS},first_block=3",
+    f"last{DEFAULT_STEPS}:steps={DEFAULT_STEPS},layers=last",
+    f"head{DEFAULT_STEPS}:steps={DEFAULT_STEPS},layers=head",
 ]
 
 
@@ -50,9 +48,9 @@ def parse_variant(text: str) -> tuple[str, AdaptConfig]:
     kwargs: dict = {"max_patches": DEFAULT_ADAPT_PATCHES, "min_pixels": 0}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
-        if key not in ("steps", "first_block", "lr", "max_patches", "b", "d", "e", "seed"):
+        if key not in ("steps", "layers", "lr", "max_patches", "b", "d", "e", "seed"):
             raise SystemExit(f"variant {name}: unknown setting {key!r}")
-        kwargs[key] = float(value) if key in ("lr", "b", "d", "e") else int(value)
+        kwargs[key] = value if key == "layers" else float(value) if key in ("lr", "b", "d", "e") else int(value)
     return name, AdaptConfig(**kwargs)
 
 

@@ -21,12 +21,12 @@ to float rounding.
 
 Beyond the paper, ``max_patches`` caps the patches an image trains on per step (a random subset,
 fixed by the seed, of its first F(t)): large images then cost the same per step as small ones.
-And ``first_block`` chooses the layers that adapt: 0 (default) every block and the head, as the
-paper; ``b`` > 0 only blocks ``b..`` and the head. The frozen layers before block ``b`` then see
-the same patches at every step, so their output is computed once per patch (in the rate
-estimate's pass) and kept, up to ``FEATURE_CACHE_BYTES``; a step costs only the adapted layers'
-forward and backward. The file is the same format: the frozen layers' deltas are zeros, which
-the ADPT section codes in a few bits per tensor.
+And ``layers`` chooses what adapts: ``all`` (every block and the head, as the paper), ``last``
+(the last block and the head) or ``head``. The frozen layers before them then see the same
+patches at every step, so their output is computed once per patch (in the rate estimate's pass)
+and kept, up to ``FEATURE_CACHE_BYTES``; a step costs only the adapted layers' forward and
+backward. The file is the same format: the frozen layers' deltas are zeros, which the ADPT
+section codes in a few bits per tensor.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ from codec.mgcf import MGCF, Deltas
 from codec.mixture import nll_bits
 
 ORDERS = ("rate", "random", "all")
+LAYERS = ("all", "last", "head")
 PRIOR_SCALE = 1.0  # in quantization steps
-FEATURE_CACHE_BYTES = 512 << 20  # frozen layers' outputs kept per adaptation (first_block > 0)
+FEATURE_CACHE_BYTES = 512 << 20  # frozen layers' outputs kept per adaptation (layers other than all)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class AdaptConfig:
     spec: AdapterSpec = field(default_factory=AdapterSpec)
     seed: int = 0
     min_pixels: int = MIN_ADAPT_PIXELS
-    first_block: int = 0  # blocks before it stay frozen (see the module docstring)
+    layers: str = "all"  # what adapts: all, last (block and head) or head (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -84,8 +85,12 @@ class AdaptConfig:
             raise ValueError("need 0 < b <= 1, 0 <= d < 1, e > 0")
         if self.max_patches is not None and self.max_patches < 1:
             raise ValueError("max_patches must be >= 1")
-        if self.first_block < 0:
-            raise ValueError("first_block must be >= 0")
+        if self.layers not in LAYERS:
+            raise ValueError(f"layers must be one of {LAYERS}")
+
+    def first_block(self, depth: int) -> int:
+        """The first adapted block of a model of ``depth`` blocks (``depth``: the head only)."""
+        return {"all": 0, "last": depth - 1, "head": depth}[self.layers]
 
 
 def fraction(t: int, cfg: AdaptConfig) -> float:
@@ -320,10 +325,9 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
     model.eval()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    if cfg.first_block > model.cfg.depth:
-        raise ValueError(f"first_block {cfg.first_block} is past the model's {model.cfg.depth} blocks")
+    first_block = cfg.first_block(model.cfg.depth)
     batch = _Batch.of(images, model.cfg.patch, device)
-    trunk = _Trunk(model, batch, cfg.first_block, passes.amp) if cfg.first_block else None
+    trunk = _Trunk(model, batch, first_block, passes.amp) if first_block else None
     everything = torch.arange(len(batch.image), device=device)
     with torch.no_grad():
         base = _run(model, None, batch, everything, passes, trunk=trunk)
@@ -340,7 +344,7 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
 
     start = time.perf_counter()
     adapters = ImageAdapters(model, cfg.spec, len(images))
-    optimizer = torch.optim.Adam(adapters.trainable(cfg.first_block), lr=cfg.lr)
+    optimizer = torch.optim.Adam(adapters.trainable(first_block), lr=cfg.lr)
     for t in range(cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         which = torch.cat([_selection(t, cfg, order) for order in orders])

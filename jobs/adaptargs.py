@@ -21,13 +21,22 @@ if TYPE_CHECKING:
     from codec.rpft import AdaptConfig
 
 
+ADAPT_LAYERS = ("all", "last", "head")  # codec.rpft.LAYERS, without importing torch (a test keeps them equal)
+ADAPT_LAYERS_HELP = (
+    "what RPFT adapts: all (every block and the head, as the paper), last (the last block and the head; "
+    "the frozen layers run once per patch, so a step costs about a third) or head"
+)
+
+
 class AdaptUsageError(CallicError):
     """Adaptation flags out of range (exit code 64, like any usage error)."""
 
     exit_code = 64
 
 
-def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None) -> AdaptConfig | None:
+def adapt_config(
+    args: argparse.Namespace, steps: int, order: str | None = None, layers: str | None = None
+) -> AdaptConfig | None:
     """The per-image fine-tuning the flags ask for, with T = ``steps`` (None when it is 0)."""
     if steps == 0:
         return None
@@ -39,6 +48,7 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
             steps=steps,
             lr=args.lr,
             order=order or args.adapt_order,
+            layers=layers or args.adapt_layers,
             max_patches=args.adapt_patches or None,
             spec=AdapterSpec(args.lora_rank, tuple(args.tucker_ranks)),
             min_pixels=args.adapt_min_pixels,
@@ -48,8 +58,8 @@ def adapt_config(args: argparse.Namespace, steps: int, order: str | None = None)
 
 
 def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
-    """The adaptation flags ``encode`` and ``bench`` share (each defines its own ``--steps`` and
-    ``--adapt-order``: one value for encode, comma lists for bench)."""
+    """The adaptation flags ``encode`` and ``bench`` share (each defines its own ``--steps``,
+    ``--adapt-order`` and ``--adapt-layers``: one value for encode, comma lists for bench)."""
     p.add_argument("--lr", type=float, default=DEFAULT_ADAPT_LR, help="Adam learning rate of the adapters")
     p.add_argument(
         "--adapt-patches",

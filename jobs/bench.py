@@ -46,7 +46,7 @@ import numpy as np
 
 from codec.defaults import CALIBRATION_SCHEMES, DEFAULT_CALIBRATION, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.images import read_image
-from jobs.adaptargs import adapt_config, add_adapt_arguments
+from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.imagefiles import list_images, relative_name
 from jobs.rowlog import RowLog
@@ -145,13 +145,16 @@ class Variant:
     steps: int = DEFAULT_STEPS
     order: str = "rate"
     calibration: int = DEFAULT_CALIBRATION
+    layers: str = "all"
 
     @property
     def name(self) -> str:
         cal = "" if self.calibration == DEFAULT_CALIBRATION else f"-cal{self.calibration}"
         if self.steps == 0:
             return "callic" + cal
-        return f"callic-t{self.steps}" + ("" if self.order == "rate" else f"-{self.order}") + cal
+        order = "" if self.order == "rate" else f"-{self.order}"
+        layers = "" if self.layers == "all" else f"-{self.layers}"
+        return f"callic-t{self.steps}{order}{layers}{cal}"
 
 
 def callic_codec(model: Any, device: str, adapt: Any, name: str, calibration: int = DEFAULT_CALIBRATION) -> Codec:
@@ -683,6 +686,13 @@ def _calibration_list(text: str) -> list[int]:
     return values
 
 
+def _layers_list(text: str) -> list[str]:
+    values = comma_list(text)
+    if not values or set(values) - set(ADAPT_LAYERS):
+        raise argparse.ArgumentTypeError(f"layers are {', '.join(ADAPT_LAYERS)}")
+    return values
+
+
 def _order_list(text: str) -> list[str]:
     from codec.rpft import ORDERS
 
@@ -693,9 +703,21 @@ def _order_list(text: str) -> list[str]:
 
 
 def variants(
-    steps: Sequence[int], orders: Sequence[str], calibrations: Sequence[int] = (DEFAULT_CALIBRATION,)
+    steps: Sequence[int],
+    orders: Sequence[str],
+    calibrations: Sequence[int] = (DEFAULT_CALIBRATION,),
+    layers: Sequence[str] = ("all",),
 ) -> list[Variant]:
-    return list(dict.fromkeys(Variant(t, o if t else "rate", c) for t in steps for o in orders for c in calibrations))
+    """One variant per (T, order, calibration, layers); T = 0 has no order or layers to vary."""
+    return list(
+        dict.fromkeys(
+            Variant(t, o if t else "rate", c, la if t else "all")
+            for t in steps
+            for o in orders
+            for la in layers
+            for c in calibrations
+        )
+    )
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -730,6 +752,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--adapt-order", type=_order_list, default=["rate"], help="RPFT patch orders, comma list (rate,random,all)"
     )
+    p.add_argument("--adapt-layers", type=_layers_list, default=["all"], help=ADAPT_LAYERS_HELP + "; comma list")
     p.add_argument(
         "--calibration",
         type=_calibration_list,
@@ -762,8 +785,8 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)
         return 1
-    chosen = variants(args.steps, args.adapt_order, args.calibration)
-    configs = {v: adapt_config(args, v.steps, v.order) for v in chosen}  # flags checked before any work
+    chosen = variants(args.steps, args.adapt_order, args.calibration, args.adapt_layers)
+    configs = {v: adapt_config(args, v.steps, v.order, v.layers) for v in chosen}  # flags checked before any work
     if args.workers:  # the workers build their own; here only the model's hash is needed
         codecs, model_hash = [], (model_digest(args.model) if "callic" in args.codecs else None)
     else:

@@ -515,7 +515,7 @@ def _io_arguments(p: argparse.ArgumentParser, what: str, into: str) -> None:
 
 
 def add_encode_parser(sub: Any) -> None:
-    from jobs.adaptargs import add_adapt_arguments
+    from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, add_adapt_arguments
 
     p = sub.add_parser("encode", help=COMMANDS["encode"].help)
     _io_arguments(p, "image", "the .cllc")
@@ -551,6 +551,7 @@ def add_encode_parser(sub: Any) -> None:
     steps_help = f"fine-tuning steps T (0: none; default {DEFAULT_STEPS}; small images are never adapted)"
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=steps_help)
     p.add_argument("--adapt-order", choices=ADAPT_ORDERS, default="rate", help="patch order (rate = RPFT)")
+    p.add_argument("--adapt-layers", choices=ADAPT_LAYERS, default="all", help=ADAPT_LAYERS_HELP)
     add_adapt_arguments(p)
     p.set_defaults(func=cmd_encode)
 

@@ -235,13 +235,16 @@ def test_cpu_passes_hold_one_image_each():
 
 
 def test_frozen_layers_keep_zero_deltas_and_round_trip(image, tiny_model):
-    """Adapting blocks ``first_block..`` and the head only (``AdaptConfig.first_block``; the tiny
-    model has one block, so here the head alone): the frozen layers' deltas stay zero, the
-    others move, and the file decodes exactly."""
+    """Adapting the head only (``AdaptConfig.layers``; the tiny model has one block, so ``last``
+    is ``all``): the frozen layers' deltas stay zero, the head's move, and the file decodes
+    exactly."""
     from codec import rpft
 
-    first_block = depth = tiny_model.exact.cfg.depth
-    cfg = dataclasses.replace(ADAPT, first_block=first_block)
+    depth = tiny_model.exact.cfg.depth
+    assert AdaptConfig(layers="last").first_block(depth) == depth - 1 == AdaptConfig().first_block(depth)
+    cfg = dataclasses.replace(ADAPT, layers="head")
+    first_block = cfg.first_block(depth)
+    assert first_block == depth
     [out] = rpft.adapt(tiny_model.float_model("cpu"), [image], cfg)
     moved = {name for name, d in out.adapters.deltas.items() if d.any()}
     assert moved, "nothing was adapted"
@@ -256,7 +259,7 @@ def test_kept_trunk_features_give_what_recomputing_them_gives(image, tiny_model,
     recomputed every pass: the same adapters either way (up to float rounding of the batching)."""
     from codec import rpft
 
-    cfg = dataclasses.replace(ADAPT, first_block=1, max_patches=3)
+    cfg = dataclasses.replace(ADAPT, layers="head", max_patches=3)
     net = tiny_model.float_model("cpu")
     [kept] = rpft.adapt(net, [image], cfg)
     monkeypatch.setattr(rpft, "FEATURE_CACHE_BYTES", 0)
@@ -267,10 +270,6 @@ def test_kept_trunk_features_give_what_recomputing_them_gives(image, tiny_model,
     assert differ <= 2  # a delta on a rounding edge may flip
 
 
-def test_first_block_past_the_model_is_refused(image, tiny_model):
-    from codec import rpft
-
-    with pytest.raises(ValueError, match="first_block"):
-        rpft.adapt(tiny_model.float_model("cpu"), [image], AdaptConfig(steps=1, first_block=99, min_pixels=0))
-    with pytest.raises(ValueError, match="first_block"):
-        AdaptConfig(first_block=-1)
+def test_unknown_layers_are_refused():
+    with pytest.raises(ValueError, match="layers"):
+        AdaptConfig(layers="first")

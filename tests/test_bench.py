@@ -133,9 +133,10 @@ def test_adaptation_variants_have_their_own_rows_and_stage_times(images, tmp_pat
     out = tmp_path / "out"
     argv = ("--out", str(out), "--model", str(tiny_model_path), "--codecs", "callic,png")
     small = ("--adapt-min-pixels", "0")  # the crops are under MIN_ADAPT_PIXELS
-    assert _bench(str(images), *argv, "--steps", "0,3", "--adapt-order", "rate,all", "--lr", "1e-2", *small) == 0
+    variants = ("--steps", "0,3", "--adapt-order", "rate,all", "--adapt-layers", "all,head")
+    assert _bench(str(images), *argv, *variants, "--lr", "1e-2", *small) == 0
     rows = _rows(out)
-    names = ["callic", "callic-t3", "callic-t3-all", "png"]
+    names = ["callic", "callic-t3", "callic-t3-head", "callic-t3-all", "callic-t3-all-head", "png"]
     assert [r["codec"] for r in rows] == names * 2
     for r in rows:
         assert r["verified"], r

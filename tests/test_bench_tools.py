@@ -32,7 +32,7 @@ def test_rpft_tuning_rows(tmp_path, tiny_model_path):
     out = tmp_path / "rows.jsonl"
     stdout = _run(
         str(BENCH / "rpft_tuning.py"), str(folder), "--model", str(tiny_model_path), "--max-pixels", "2000",
-        "--variant", "all:steps=2,lr=1e-2", "--variant", "head:steps=2,lr=1e-2,first_block=1", "--calibrated",
+        "--variant", "all:steps=2,lr=1e-2", "--variant", "head:steps=2,lr=1e-2,layers=head", "--calibrated",
         "--out", str(out),
     )  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -125,4 +125,3 @@ def test_training_step_keeps_the_function(monkeypatch):
         for name, g in plain[2].items():
             assert _relative(ours[2][name], g) < 1e-4, name
     assert len(calls) == 2 * cfg.depth  # the fast path did run, once per block and step
-
