@@ -4,7 +4,8 @@ image with the quantized adapters (``codec.rpft.Adapted.adapted_bits``) plus the
 section's bytes, against the float model's bits without adapters. Real files: ``callic bench``.
 
 Each variant is ``name:key=value,...`` over ``codec.rpft.AdaptConfig`` fields (``steps``,
-``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``); the variants run one after the
+``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``; ``aware=1``: RPFT's loss through
+calibration's corrections, ``codec.calibration_loss``); the variants run one after the
 other on each image, so load on the machine falls on all of them alike. Fine-tuning seconds are
 ``AdaptConfig``'s own clock (the T steps and the final estimate, not the rate estimate).
 
@@ -42,16 +43,21 @@ DEFAULT_VARIANTS = [
 ]
 
 
-def parse_variant(text: str) -> tuple[str, AdaptConfig]:
-    """``name:key=value,...`` -> (name, config); unknown keys are refused."""
+def parse_variant(text: str) -> tuple[str, AdaptConfig, int]:
+    """``name:key=value,...`` -> (name, config, calibration scheme RPFT trains for: ``aware=1``);
+    unknown keys are refused."""
     name, _, spec = text.partition(":")
     kwargs: dict = {"max_patches": DEFAULT_ADAPT_PATCHES, "min_pixels": 0}
+    aware = 0
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
+        if key == "aware":
+            aware = int(value)
+            continue
         if key not in ("steps", "layers", "lr", "max_patches", "b", "d", "e", "seed"):
             raise SystemExit(f"variant {name}: unknown setting {key!r}")
         kwargs[key] = value if key == "layers" else float(value) if key in ("lr", "b", "d", "e") else int(value)
-    return name, AdaptConfig(**kwargs)
+    return name, AdaptConfig(**kwargs), aware
 
 
 def calibrated_bpsp(px: np.ndarray, net) -> float:
@@ -96,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         px = centre_crop(px, args.max_pixels)
         subpixels = px.size
         base_cal = calibrated_bpsp(px, model.exact) if args.calibrated else None
-        for name, cfg in variants:
-            out = adapt(net, [px], cfg)[0]
+        for name, cfg, aware in variants:
+            out = adapt(net, [px], cfg, calibration=aware)[0]
             section = adapters.encode_section(model.exact.cfg, out.adapters, lut)
             row = {
                 "image": path.name,
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
     print("variant, mean gain (adapters kept only where they pay), median fine-tune s (estimated bits):")
-    for name, _ in variants:
+    for name, _, _ in variants:
         mine = [r for r in rows if r["variant"] == name]
         if mine:
             gain = 100 * statistics.mean(r["gain"] for r in mine)

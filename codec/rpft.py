@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from codec import calibration_loss
 from codec.adapters import MAX_DELTA, STEP, AdapterSet, AdapterSpec, factors, layout, start_values
 from codec.defaults import DEFAULT_ADAPT_LR, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.learned import patchify, real_masks
@@ -248,13 +249,18 @@ class _Trunk:
 
 def _patch_bits(
     model: MGCF, x: torch.Tensor, mask: torch.Tensor, deltas: Deltas | None, amp: bool,
-    trunk: tuple[int, torch.Tensor] | None = None,
+    trunk: tuple[int, torch.Tensor] | None = None, calibrated: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Estimated bits of each patch's real pixels, (B,). ``trunk``: (first block, its input
-    features) when the layers before it are frozen and already computed."""
+    features) when the layers before it are frozen and already computed. ``calibrated``: each
+    patch's image, to estimate the bits after calibration's corrections (``codec.calibration_loss``)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         params = model(x, deltas) if trunk is None else model.tail(trunk[1], trunk[0], deltas)
-    bits = nll_bits(params.float(), x.permute(0, 2, 3, 1), model.cfg.mixtures).sum(-1)
+    params, pixels, k = params.float(), x.permute(0, 2, 3, 1), model.cfg.mixtures
+    if calibrated is not None:
+        shift, log_change = calibration_loss.corrections(params, pixels, mask.bool(), calibrated, k)
+        params = calibration_loss.corrected(params, shift, log_change, k)
+    bits = nll_bits(params, pixels, k).sum(-1)
     return (bits * mask).sum((1, 2))
 
 
@@ -266,6 +272,7 @@ def _run(
     passes: _Passes,
     grad_scale: torch.Tensor | None = None,
     trunk: _Trunk | None = None,
+    calibrated: bool = False,
 ) -> torch.Tensor:
     """Estimated bits of patches ``which`` (global indices, grouped by image). With ``grad_scale``
     (per image) it also back-propagates sum(bits * scale), one pass at a time.
@@ -274,14 +281,15 @@ def _run(
     updates: one big pass keeps a GPU busy. Otherwise (the CPU default) a pass holds one image's
     patches, whose updates are merged into the weights once (``codec.mgcf``): cheaper on a CPU,
     and a pass then never depends on the other images of the batch. With a ``trunk``, only the
-    layers after it run (on its kept features).
+    layers after it run (on its kept features). ``calibrated``: bits after calibration's corrections.
     """
     out = []
     for idx in _chunks(which, batch.image, passes.chunk, passes.mixed):
         img = batch.image[idx]
         deltas = None if adapters is None else adapters.patch_deltas(img if passes.mixed else img[:1])
         kept = None if trunk is None else (trunk.first, trunk.features(idx))
-        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp, kept)
+        groups = img if calibrated else None
+        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp, kept, groups)
         if grad_scale is not None:
             (bits * grad_scale[img]).sum().backward()
         out.append(bits.detach())
@@ -311,8 +319,10 @@ def _selection(t: int, cfg: AdaptConfig, order: torch.Tensor) -> torch.Tensor:
     return chosen
 
 
-def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapted]:
+def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig, calibration: int = 0) -> list[Adapted]:
     """Fine-tune adapters for each (H, W, 3) uint8 image, all in one batch; see the module docstring.
+    ``calibration``: the scheme the coder will use (``codec.calibration``); with one, the loss and
+    both estimates are the bits after its corrections (``codec.calibration_loss``).
 
     The model's parameters are frozen (``requires_grad`` off) and it is put in eval mode.
     """
@@ -326,11 +336,12 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
     timings: dict[str, float] = {}
     start = time.perf_counter()
     first_block = cfg.first_block(model.cfg.depth)
+    calibrated = bool(calibration)
     batch = _Batch.of(images, model.cfg.patch, device)
     trunk = _Trunk(model, batch, first_block, passes.amp) if first_block else None
     everything = torch.arange(len(batch.image), device=device)
     with torch.no_grad():
-        base = _run(model, None, batch, everything, passes, trunk=trunk)
+        base = _run(model, None, batch, everything, passes, trunk=trunk, calibrated=calibrated)
     orders = []  # per image, global patch indices in training order
     for i in range(len(images)):
         own = batch.patch_range(i)
@@ -351,11 +362,11 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig) -> list[Adapt
         selected = 3 * torch.zeros(len(images), device=device).index_add_(
             0, batch.image[which], batch.mask[which].sum((1, 2)).float()
         )
-        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected, trunk=trunk)
+        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected, trunk=trunk, calibrated=calibrated)
         (adapters.rate_bits(_step_seed(cfg, t)) / batch.subpixels).sum().backward()
         optimizer.step()
     with torch.no_grad():
-        adapted = _run(model, adapters, batch, everything, passes, trunk=trunk)
+        adapted = _run(model, adapters, batch, everything, passes, trunk=trunk, calibrated=calibrated)
     _sync(device)
     timings["fine_tune_s"] = time.perf_counter() - start
     return [
