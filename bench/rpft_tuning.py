@@ -9,6 +9,9 @@ calibration's corrections, ``codec.calibration_loss``); the variants run one aft
 other on each image, so load on the machine falls on all of them alike. Fine-tuning seconds are
 ``AdaptConfig``'s own clock (the T steps and the final estimate, not the rate estimate).
 
+With ``aware=1`` the row's base, adapted and net bits are after the oracle corrections (what that
+RPFT minimises); only the calibrated columns compare across variants.
+
 ``--calibrated``: also the float estimate of the bits with ``codec.calibration``'s correction
 (``bench/calibration_estimate.py``'s variant closest to scheme 1), of the base model and of each
 adapted one: does RPFT still pay once the coder calibrates itself?
