@@ -169,8 +169,8 @@ def test_rate_order_trains_on_the_costliest_patches_first(tiny_model, monkeypatc
     seen = []
     real_run = rpft._run
 
-    def spy(model, ad, batch, which, passes, grad_scale=None, trunk=None):
-        out = real_run(model, ad, batch, which, passes, grad_scale, trunk)
+    def spy(model, ad, batch, which, passes, grad_scale=None, **options):
+        out = real_run(model, ad, batch, which, passes, grad_scale, **options)
         if ad is None:
             seen.append(("estimate", out.clone()))
         elif grad_scale is not None:
