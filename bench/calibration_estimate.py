@@ -241,6 +241,16 @@ def estimate(pixels: np.ndarray, model, variants: list[Variant], per_stream: int
     return out
 
 
+def centre_crop(px: np.ndarray, max_pixels: float) -> np.ndarray:
+    """The centre of ``px`` with about ``max_pixels`` pixels and its aspect (all of it if smaller)."""
+    h, w, _ = px.shape
+    if h * w > max_pixels:
+        f = math.sqrt(max_pixels / (h * w))
+        ch, cw = int(h * f), int(w * f)
+        px = px[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+    return np.ascontiguousarray(px)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder")
@@ -259,13 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         px = raster.pixels
         if px.ndim != 3 or px.shape[2] != 3 or px.dtype != np.uint8:
             continue
-        h, w, _ = px.shape
-        if h * w > args.max_pixels:
-            f = math.sqrt(args.max_pixels / (h * w))
-            ch, cw = int(h * f), int(w * f)
-            px = px[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
+        px = centre_crop(px, args.max_pixels)
         t0 = time.perf_counter()
-        res = {"image": path.name, **estimate(np.ascontiguousarray(px), model, VARIANTS, args.per_stream)}
+        res = {"image": path.name, **estimate(px, model, VARIANTS, args.per_stream)}
         res["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(res)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}), flush=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import types
@@ -38,6 +37,9 @@ from codec.api import load_model, with_adapters
 from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_STEPS, patches_per_stream
 from codec.images import read_image
 from codec.rpft import AdaptConfig, adapt
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling bench script, also when imported
+from calibration_estimate import VARIANTS, centre_crop, estimate  # noqa: E402
 
 DEFAULT_VARIANTS = [
     f"all{DEFAULT_STEPS}:steps={DEFAULT_STEPS}",
@@ -65,20 +67,8 @@ def parse_variant(text: str) -> tuple[str, AdaptConfig, int]:
 
 def calibrated_bpsp(px: np.ndarray, net) -> float:
     """Float estimate of the bits with calibration (``bench/calibration_estimate.py``)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import calibration_estimate as ce
-
-    variant = next(v for v in ce.VARIANTS if v.name == "regress-allch")
-    return ce.estimate(px, types.SimpleNamespace(exact=net), [variant], patches_per_stream(net.cfg.patch))[variant.name]
-
-
-def centre_crop(px: np.ndarray, max_pixels: float) -> np.ndarray:
-    h, w, _ = px.shape
-    if h * w <= max_pixels:
-        return px
-    f = math.sqrt(max_pixels / (h * w))
-    ch, cw = int(h * f), int(w * f)
-    return np.ascontiguousarray(px[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw])
+    variant = next(v for v in VARIANTS if v.name == "regress-allch")
+    return estimate(px, types.SimpleNamespace(exact=net), [variant], patches_per_stream(net.cfg.patch))[variant.name]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -686,20 +686,21 @@ def _calibration_list(text: str) -> list[int]:
     return values
 
 
-def _layers_list(text: str) -> list[str]:
+def _names_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     values = comma_list(text)
-    if not values or set(values) - set(ADAPT_LAYERS):
-        raise argparse.ArgumentTypeError(f"layers are {', '.join(ADAPT_LAYERS)}")
+    if not values or set(values) - set(allowed):
+        raise argparse.ArgumentTypeError(f"{what} are {', '.join(allowed)}")
     return values
+
+
+def _layers_list(text: str) -> list[str]:
+    return _names_list(text, ADAPT_LAYERS, "layers")
 
 
 def _order_list(text: str) -> list[str]:
     from codec.rpft import ORDERS
 
-    values = comma_list(text)
-    if not values or set(values) - set(ORDERS):
-        raise argparse.ArgumentTypeError(f"orders are {', '.join(ORDERS)}")
-    return values
+    return _names_list(text, ORDERS, "orders")
 
 
 def variants(
