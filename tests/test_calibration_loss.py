@@ -1,6 +1,6 @@
 """``codec.calibration_loss``: the float stand-in of calibration that RPFT trains through. Its
 corrections follow scheme 1's geometry, lower the estimated bits of a poorly calibrated model,
-and pass gradients to the model's parameters only."""
+and pass gradients to the model's parameters, also through the corrections themselves."""
 
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ def test_corrections_lower_the_bits_and_keep_the_gradient(tiny_model, samples):
     group = torch.zeros(x.shape[0], dtype=torch.long)
     params = net(x).detach().requires_grad_(True)
     shift, log_change = calibration_loss.corrections(params, pixels, real, group, k)
-    assert not shift.requires_grad and not log_change.requires_grad
+    # The regression and the scale ratios are differentiable in the model's outputs.
+    (g_shift,) = torch.autograd.grad(shift.sum(), params, retain_graph=True)
+    (g_scale,) = torch.autograd.grad(log_change.sum(), params, retain_graph=True)
+    assert g_shift.abs().sum() > 0 and g_scale.abs().sum() > 0
     assert shift.abs().max() <= calibration_loss.SHIFT_LIMIT
     assert log_change.abs().max() <= calibration_loss.LOG_RATIO_LIMIT
     fixed = calibration_loss.corrected(params, shift, log_change, k)
