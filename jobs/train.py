@@ -170,7 +170,8 @@ class Run:
         self.write("log.csv", buf.getvalue().encode())
 
     def write_curve(self, rows: list[dict]) -> None:
-        """``curve.png``: the objective's rate (train and validation) against step, for a glance."""
+        """``curve.png``: the objective's rate (train and validation) against step, for a glance;
+        each validation source group (``val_bpsp_<group>`` columns) as a thin dashed line."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -179,14 +180,19 @@ class Run:
         fig = Figure(figsize=(6.4, 4))
         ax = fig.subplots()
         keys, label = self.objective.curve
+        columns = list(rows[0]) if rows else []
         for key in keys:
-            points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key, "") != ""]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key.replace("_", " "))
+            groups = [c for c in columns if c.startswith(key + "_")]
+            for column in [key, *groups]:
+                points = [(int(r["step"]), float(r[column])) for r in rows if r.get(column, "") != ""]
+                if not points:
+                    continue
+                style = {"marker": "o", "markersize": 3} if column == key else {"linestyle": "--", "linewidth": 0.8}
+                ax.plot(*zip(*points, strict=True), label=column.replace("_", " "), **style)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
