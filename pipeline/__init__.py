@@ -1,4 +1,6 @@
-"""Sharding, Ray actors, storage and manifests (the distributed pipeline; see issue 5).
+"""The distributed pipeline: shards, Ray actors, storage and manifests.
 
-Knows codecs only through ``codec.encode`` / ``codec.decode``. Nothing is implemented here yet.
+Knows codecs only through ``pipeline.items`` (``ItemCodec``, ``CodecFactory``); ``jobs`` wires
+the callic codec in. ``driver`` runs an archive job's shards, ``restore`` and ``status`` read
+a job back, ``shard`` codes one shard (plain Python), ``cluster`` and ``pool`` hold the Ray side.
 """

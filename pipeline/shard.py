@@ -1,6 +1,6 @@
 """Processing one shard: read -> encode (with verification) -> store -> one manifest file.
 
-Plain Python, no Ray: the Ray actor in ``pipeline.workers`` wraps it, and tests can call it
+Plain Python, no Ray: the Ray actor in ``pipeline.cluster`` wraps it, and tests can call it
 directly. Every attempt writes under a fresh random token, so objects are written once and never
 overwritten, and an attempt that dies half-way leaves only unreferenced objects behind (the
 manifest is written last). Reading runs ahead in threads while the codec works.
