@@ -69,6 +69,19 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     return t.int() if t.numel() == 0 or int(t.abs().max()) < 2**31 else t
 
 
+def st_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes whose header lists its keys in sorted order. ``safetensors`` writes its
+    metadata (and may write its tensor entries) in hash-map order, which changes from process to
+    process: the same weights then made a different file, and so a different hash and name, at
+    every export. The header is the same JSON, reordered and padded to 8 bytes as the format wants;
+    the tensor data after it is untouched (its offsets are relative to the header's end)."""
+    data = st_save(tensors, metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
+
+
 def serialize(model: MGCF) -> bytes:
     tensors = {f"float.{k}": v.detach().float().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"exact.{k}": _compact(v) for k, v in exact_tensors(model).items()}
@@ -81,7 +94,7 @@ def serialize(model: MGCF) -> bytes:
             {"act_frac": ACT_FRAC, "weight_frac": WEIGHT_FRAC, "log_scale": [LOG_SCALE_MIN, LOG_SCALE_MAX]}
         ),
     }
-    return st_save(tensors, metadata)
+    return st_bytes(tensors, metadata)
 
 
 def write_named(data: bytes, directory: str | Path, name_of: Callable[[bytes], str]) -> Path:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as st_save
 
 from codec.errors import CorruptFileError
 from codec.fixedpoint import build_luts
@@ -27,7 +26,7 @@ from codec.lossy import tables
 from codec.lossy.config import CCAConfig
 from codec.lossy.exact import exact_tensors
 from codec.lossy.model import CCAModel
-from codec.weights import LUT_LIMIT, check_tensors, read_model_bytes, read_safetensors, write_named
+from codec.weights import LUT_LIMIT, check_tensors, read_model_bytes, read_safetensors, st_bytes, write_named
 
 FORMAT = "callic-cca"
 FORMAT_VERSION = "1"
@@ -57,7 +56,7 @@ def serialize(model: CCAModel, lmbda: float) -> bytes:
     tensors["ztab.lows"] = zlows
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json(),
                 "lmbda": repr(float(lmbda))}  # fmt: skip
-    return st_save(tensors, metadata)
+    return st_bytes(tensors, metadata)
 
 
 def save_model(model: CCAModel, lmbda: float, directory: str | Path) -> Path:
