@@ -11,9 +11,10 @@ pixel of that step (patch-major, then by row), then their G, then their B symbol
 stops after the last step that holds a real pixel.
 
 Memory: a segment's stream is step-major over all its patches, so a segment is decoded in one
-batch, and its state (``ExactMGCF.cache_bytes_per_patch`` per patch, 12.7 MB with the shipped
-model) must fit the decoder's budget, ``CALLIC_DECODER_MEMORY`` bytes (default 2 GiB: 169 patches
-of the shipped model; the default 64 patches per stream need 0.81 GB). A file whose segments do
+batch, and its state (``ExactMGCF.cache_bytes_per_patch`` per patch: 12.7 MB with the paper's
+configuration at P = 64, 50.7 MB at the shipped model's P = 128) must fit the decoder's budget,
+``CALLIC_DECODER_MEMORY`` bytes (default 2 GiB: 169 patches at P = 64, 42 at P = 128; the default
+patches per stream, 64 and 16, need 0.81 GB). A file whose segments do
 not fit is refused before anything is allocated, and the encoder refuses to write one that a
 decoder with the default budget would refuse. Batches of several segments are held to the budget
 and grow from one segment (``_segment_groups``). Calibration (``codec.calibration``) adds its
