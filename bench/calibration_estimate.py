@@ -132,8 +132,9 @@ def neighbour_surprise(ratio: torch.Tensor, rows, cols, here: torch.Tensor, v: V
     if v.cross_channel:
         nb = nb.nanmean(-1, keepdim=True).expand_as(nb)
     nan = torch.full_like(here[..., 0], float("nan"))
-    within = torch.stack([torch.stack([nan, here[..., 0], here[..., 0]], -1),
-                          torch.stack([nan, nan, here[..., 1]], -1)], 0)  # fmt: skip
+    within = torch.stack(
+        [torch.stack([nan, here[..., 0], here[..., 0]], -1), torch.stack([nan, nan, here[..., 1]], -1)], 0
+    )
     allnb = nb if v.within_buckets else torch.cat([nb, within], 0)
     have_each = ~torch.isnan(allnb)
     count = have_each.sum(0)

@@ -51,11 +51,12 @@ def evaluate(model_file: Path, images: list[tuple[str, np.ndarray]]) -> dict[str
     lmbda = file.lmbda
     mse = [10 ** (-r["psnr"] / 10) for r in rows]  # on [0, 1] pixels, from PSNR = 10 log10(1 / MSE)
     return {
-        "lmbda": lmbda, "bpp": statistics.mean(r["bpp"] for r in rows),
+        "lmbda": lmbda,
+        "bpp": statistics.mean(r["bpp"] for r in rows),
         "psnr": statistics.mean(r["psnr"] for r in rows),
         "J": statistics.mean(lmbda * r["bpp"] + MSE_WEIGHT * m for r, m in zip(rows, mse, strict=True)),
         "slices": "/".join(map(str, file.cfg.slice_sizes)),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         r = evaluate(run_model(run), images)
         log = last_log_row(run)
-        print(f"| {run.name} | {log.get('step', '?')} | {r['slices']} | {r['lmbda']:g} | {r['J']:.2f} | "
-              f"{r['bpp']:.4f} | {r['psnr']:.2f} | {log.get('train_y_bpp', '?')} | {log.get('train_aux_bpp', '?')} |",
-              flush=True)  # fmt: skip
+        print(
+            f"| {run.name} | {log.get('step', '?')} | {r['slices']} | {r['lmbda']:g} | {r['J']:.2f} | "
+            f"{r['bpp']:.4f} | {r['psnr']:.2f} | {log.get('train_y_bpp', '?')} | {log.get('train_aux_bpp', '?')} |",
+            flush=True,
+        )
     print("\n\\* estimated from likelihoods on the last logged training crops.")
     return 0
 

@@ -110,8 +110,10 @@ def main() -> None:
     print(f"{'JPEG-XL effort 7':18} {8 * len(jxl) / pixels.size:7.3f} {t_jenc:9.3f} {t_jdec:9.3f}")
     ref = schemes[0]
     for scheme in schemes[1:]:
-        print(f"ratio cal {scheme} / cal {ref}: encode {med[scheme][0] / med[ref][0]:.3f}, "
-              f"decode {med[scheme][1] / med[ref][1]:.3f}")  # fmt: skip
+        print(
+            f"ratio cal {scheme} / cal {ref}: encode {med[scheme][0] / med[ref][0]:.3f}, "
+            f"decode {med[scheme][1] / med[ref][1]:.3f}"
+        )
     t_enc, t_dec = med[ref]
     print(f"ratio callic cal {ref} / JPEG-XL e7: encode {t_enc / t_jenc:.1f}x, decode {t_dec / t_jdec:.1f}x")
     print(f"forward pass {gflop:.1f} GFLOP; decode reached {gflop / t_dec:.1f} GFLOP/s")

@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(args.repo)
     if args.action == "slim":
         removed = slim(repo, args.codec, args.lmbda)
-        print(f"device_tree: {len(removed)} model files out of git's index (still on disk) until "
-              "`python bench/device_tree.py restore`; do not commit before that")  # fmt: skip
+        print(
+            f"device_tree: {len(removed)} model files out of git's index (still on disk) until "
+            "`python bench/device_tree.py restore`; do not commit before that"
+        )
     else:
         removed = restore(repo)
         print(f"device_tree: {len(removed)} model files back in git's index")

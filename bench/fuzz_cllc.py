@@ -303,8 +303,9 @@ def make_seeds(model_dir: Path) -> dict[str, bytes]:
         seeds["lossy"] = encode_lossy(photo[:16, :16], model=lossy)
     except CallicError as exc:  # reported, so that a run without it is visible
         print(f"no lossy seed: {exc}", file=sys.stderr)
-    [(adapted, report)] = encode_many([np.ascontiguousarray(photo[:48, :72])], model=model,
-                                      adapt=AdaptConfig(steps=8, lr=1e-2))  # fmt: skip
+    [(adapted, report)] = encode_many(
+        [np.ascontiguousarray(photo[:48, :72])], model=model, adapt=AdaptConfig(steps=8, lr=1e-2)
+    )
     if report.adapters == "kept":
         seeds["adapted"] = adapted
     return seeds

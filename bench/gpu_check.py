@@ -123,8 +123,14 @@ def check_all(coded: list[Coded], codec_name: str, model_path: str | None, worke
 
 
 def file_row(c: Coded, result: dict[str, Any]) -> dict[str, Any]:
-    return {"photo": c.photo, "steps": c.steps, "bytes": len(c.data), "adapters": c.adapters,
-            "encode_s": round(c.encode_s, 4), **result}  # fmt: skip
+    return {
+        "photo": c.photo,
+        "steps": c.steps,
+        "bytes": len(c.data),
+        "adapters": c.adapters,
+        "encode_s": round(c.encode_s, 4),
+        **result,
+    }
 
 
 # ------------------------------------------------------------------------------------ encoding
@@ -147,8 +153,9 @@ def adapt_config(steps: int, patches: int) -> AdaptConfig | None:
     return None if steps == 0 else AdaptConfig(steps=steps, max_patches=patches, min_pixels=0)
 
 
-def encode_lossless(photos: list[tuple[str, np.ndarray]], model: codec.api.Model, device: str, steps: int,
-                    patches: int) -> list[Coded]:  # fmt: skip
+def encode_lossless(
+    photos: list[tuple[str, np.ndarray]], model: codec.api.Model, device: str, steps: int, patches: int
+) -> list[Coded]:
     """Each photo's learned file at T = ``steps``, plus a ``forced`` adapter file where its adapters were dropped."""
     cfg = adapt_config(steps, patches)
     out = []
@@ -210,8 +217,9 @@ def median_row(name: str, values: list[float], note: str = "") -> dict[str, Any]
     return {"name": name, "median_s": statistics.median(values), "n": len(values), "note": note}
 
 
-def adaptation_rows(photos: list[np.ndarray], model: codec.api.Model, device: str, steps: int, patches: int,
-                    batches: list[int]) -> list[dict[str, Any]]:  # fmt: skip
+def adaptation_rows(
+    photos: list[np.ndarray], model: codec.api.Model, device: str, steps: int, patches: int, batches: list[int]
+) -> list[dict[str, Any]]:
     """Images per second of ``rpft.adapt`` on batches of photos (cycled to fill a batch)."""
     cfg = AdaptConfig(steps=steps, max_patches=patches, min_pixels=0)
     net = model.float_model(device)
@@ -220,8 +228,9 @@ def adaptation_rows(photos: list[np.ndarray], model: codec.api.Model, device: st
     for b in batches:
         batch = [photos[i % len(photos)] for i in range(b)]
         seconds, _ = timed(lambda batch=batch: rpft.adapt(net, batch, cfg), device)
-        rows.append({"batch": b, "steps": steps, "seconds": seconds, "images_per_s": b / seconds,
-                     "cycled": b > len(photos)})  # fmt: skip
+        rows.append(
+            {"batch": b, "steps": steps, "seconds": seconds, "images_per_s": b / seconds, "cycled": b > len(photos)}
+        )
     return rows
 
 
@@ -244,9 +253,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + args.max_seconds
     photos = load_photos(Path(args.photos))
     steps = [int(s) for s in args.steps.split(",")] if args.codec == "callic" else []
-    report: dict[str, Any] = {"codec": args.codec, "encode_device": args.device, "model": args.model,
-                              "environment": environment(args.device), "photos": [n for n, _ in photos],
-                              "files": [], "timings": [], "adaptation": [], "skipped": []}  # fmt: skip
+    report: dict[str, Any] = {
+        "codec": args.codec,
+        "encode_device": args.device,
+        "model": args.model,
+        "environment": environment(args.device),
+        "photos": [n for n, _ in photos],
+        "files": [],
+        "timings": [],
+        "adaptation": [],
+        "skipped": [],
+    }
 
     def save() -> None:
         out.write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -292,8 +309,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def encode_photos(args: argparse.Namespace, photos: list[tuple[str, np.ndarray]],
-                  steps: list[int]) -> tuple[list[Coded], Callable[[bytes], np.ndarray]]:  # fmt: skip
+def encode_photos(
+    args: argparse.Namespace, photos: list[tuple[str, np.ndarray]], steps: list[int]
+) -> tuple[list[Coded], Callable[[bytes], np.ndarray]]:
     """Every file of part 1, after one untimed warm-up encode per T, and a decoder on the device."""
     if args.codec == "cca":
         from codec.lossy.api import load_lossy_model
@@ -335,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-steps", type=int, default=10)
     ap.add_argument("--cpu-workers", type=int, default=min(16, os.cpu_count() or 1), help="parallel CPU decodes")
     ap.add_argument("--threads", type=int, help="torch CPU threads of this process (the encoder's range coder)")
-    ap.add_argument("--max-seconds", type=float, default=float("inf"),
-                    help="after this, skip the timings not yet begun (the exactness check always runs)")  # fmt: skip
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=float("inf"),
+        help="after this, skip the timings not yet begun (the exactness check always runs)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -349,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [f for f in report["files"] if not f["exact"]]
     for f in bad:
         print(f"NOT EXACT: {f['photo']} T={f['steps']}: {f['error']}", file=sys.stderr)
-    print(f"exactness: {len(report['files']) - len(bad)} of {len(report['files'])} files exact "
-          f"({args.device} encode -> cpu decode)")  # fmt: skip
+    print(
+        f"exactness: {len(report['files']) - len(bad)} of {len(report['files'])} files exact "
+        f"({args.device} encode -> cpu decode)"
+    )
     return 1 if bad else 0
 
 

@@ -124,20 +124,29 @@ def pack(args: argparse.Namespace) -> dict[str, Any]:
     dest.mkdir(parents=True)
     photos = round_robin_crops(
         [(n, px) for n, px in rgb_images(Path(args.photos)) if min(px.shape[:2]) >= args.photo_crop],
-        args.photo_crop, args.seed, count=args.photo_count,
-    )  # fmt: skip
+        args.photo_crop,
+        args.seed,
+        count=args.photo_count,
+    )
     if len(photos) < args.photo_count:
         asked = f"{args.photo_crop} (asked {args.photo_count})"
         print(f"warning: only {len(photos)} photo crops of {asked}", file=sys.stderr)
     # The validation images as they are, and their manifest.json: validation reports per group.
-    val = [(p.name, p.read_bytes()) for p in sorted(Path(args.val).iterdir())
-           if p.suffix.lower() == ".png" or p.name == "manifest.json"]  # fmt: skip
+    val = [
+        (p.name, p.read_bytes())
+        for p in sorted(Path(args.val).iterdir())
+        if p.suffix.lower() == ".png" or p.name == "manifest.json"
+    ]
     info: dict[str, Any] = {
         "val": {"from": str(args.val), "files": len(val), "bytes": write_files(dest / "val", val)},
-        "photos": {"from": str(args.photos), "crop": args.photo_crop, "files": len(photos),
-                   "bytes": write_files(dest / "photos", photos)},
+        "photos": {
+            "from": str(args.photos),
+            "crop": args.photo_crop,
+            "files": len(photos),
+            "bytes": write_files(dest / "photos", photos),
+        },
         "seed": args.seed,
-    }  # fmt: skip
+    }
     if args.checkpoint:
         info["checkpoint"] = pack_checkpoint(Path(args.checkpoint), dest)
     wheels = sorted(Path(args.wheels).glob("*.whl")) if args.wheels else []
@@ -175,8 +184,11 @@ def train_budget(train_mib: str, repo: Path, other_bytes: int) -> int:
         return int(float(train_mib) * MIB)
     left = TRAVEL_LIMIT - travel_bytes(repo, [])["tree"] - other_bytes - MIB
     if left < 2 * MIB:
-        print(f"warning: the working tree and the rest of the pack leave {left / MIB:.1f} MiB of the 64 MiB; "
-              "packing 2 MiB of training crops", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the working tree and the rest of the pack leave {left / MIB:.1f} MiB of the 64 MiB; "
+            "packing 2 MiB of training crops",
+            file=sys.stderr,
+        )
     return max(left, 2 * MIB)
 
 
@@ -265,11 +277,16 @@ def train_crops(folder: Path, data: Path, crop: int, min_side: int, budget: int,
         h, w = png_size(d)
         packed_px[g] += h * w
     return {
-        "from": str(data), "crop": crop, "files": len(crops), "bytes": used, "budget": budget,
+        "from": str(data),
+        "crop": crop,
+        "files": len(crops),
+        "bytes": used,
+        "budget": budget,
         "crops_per_group": {g: sum(1 for _, gg, _ in crops if gg == g) for g in sorted(source_px)},
-        "mix_source": sqrt_mix(source_px), "mix_pack": sqrt_mix(packed_px),
+        "mix_source": sqrt_mix(source_px),
+        "mix_pack": sqrt_mix(packed_px),
         "skipped_small": [n for n, _, px in images if min(px.shape[:2]) < min_side],
-    }  # fmt: skip
+    }
 
 
 def folder_bytes(path: Path) -> int:
@@ -282,8 +299,9 @@ def travel_bytes(repo: Path, carried: list[str]) -> dict[str, int]:
     """What a device call would send: git's tracked and untracked-not-ignored files, plus the carried paths."""
     names = subprocess.run(
         ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True, capture_output=True,
-    ).stdout.split(b"\0")  # fmt: skip
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
     tree = sum((repo / n.decode()).stat().st_size for n in names if n and (repo / n.decode()).is_file())
     carry = {c: folder_bytes(repo / c) for c in carried if (repo / c).exists()}
     return {"tree": tree, **{f"carry:{k}": v for k, v in carry.items()}, "total": tree + sum(carry.values())}
@@ -337,8 +355,12 @@ def strip_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
 
     state = load_checkpoint(src)
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
-    small = {"model": weights, "step": state["step"], "elapsed_s": state.get("elapsed_s", 0.0),
-             "config": state["config"]}  # fmt: skip
+    small = {
+        "model": weights,
+        "step": state["step"],
+        "elapsed_s": state.get("elapsed_s", 0.0),
+        "config": state["config"],
+    }
     buf = io.BytesIO()
     torch.save(small, buf)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -387,8 +409,13 @@ def training_facts(log: Path, start_step: int | None) -> dict[str, Any]:
     first = start_step if start_step is not None else int(rows[0]["step"])
     mine = [r for r in rows if int(r["step"]) >= first]
     val_keys = [k for k in rows[-1] if k.startswith("val_")]
-    facts: dict[str, Any] = {"rows": len(rows), "session_rows": len(mine), "start_step": first,
-                             "end_step": int(rows[-1]["step"]), "device": rows[-1].get("device", "")}  # fmt: skip
+    facts: dict[str, Any] = {
+        "rows": len(rows),
+        "session_rows": len(mine),
+        "start_step": first,
+        "end_step": int(rows[-1]["step"]),
+        "device": rows[-1].get("device", ""),
+    }
     facts["last"] = {k: rows[-1][k] for k in ("step", "elapsed_s", "lr", *val_keys) if k in rows[-1]}
     if len(mine) >= 2:
         seconds = float(mine[-1]["elapsed_s"]) - float(mine[0]["elapsed_s"])
@@ -439,22 +466,35 @@ def markdown(info: dict[str, Any]) -> str:
     files = check.get("files", [])
     if files:
         exact = sum(1 for f in files if f.get("exact"))
-        lines += ["", f"**Exactness** ({check.get('encode_device')} encode -> cpu decode): {exact} of {len(files)} "
-                  "files decode to the same pixels (values, dtype, shape)", "",
-                  "| photo | T | bytes | adapters | exact | error |", "|---|--:|--:|---|---|---|"]  # fmt: skip
-        lines += [f"| {f['photo']} | {f.get('steps', '')} | {f.get('bytes', '')} | {f.get('adapters', '')} | "
-                  f"{'yes' if f.get('exact') else 'NO'} | {f.get('error') or ''} |" for f in files]  # fmt: skip
+        lines += [
+            "",
+            f"**Exactness** ({check.get('encode_device')} encode -> cpu decode): {exact} of {len(files)} "
+            "files decode to the same pixels (values, dtype, shape)",
+            "",
+            "| photo | T | bytes | adapters | exact | error |",
+            "|---|--:|--:|---|---|---|",
+        ]
+        lines += [
+            f"| {f['photo']} | {f.get('steps', '')} | {f.get('bytes', '')} | {f.get('adapters', '')} | "
+            f"{'yes' if f.get('exact') else 'NO'} | {f.get('error') or ''} |"
+            for f in files
+        ]
     if check.get("timings"):
         lines += ["", "| timing | median s | n | note |", "|---|--:|--:|---|"]
         lines += [f"| {t['name']} | {t['median_s']:.4f} | {t['n']} | {t.get('note', '')} |" for t in check["timings"]]
     if check.get("adaptation"):
         lines += ["", "| adaptation batch | steps | seconds | images/s |", "|--:|--:|--:|--:|"]
-        lines += [f"| {a['batch']} | {a['steps']} | {a['seconds']:.3f} | {a['images_per_s']:.3f} |"
-                  for a in check["adaptation"]]  # fmt: skip
+        lines += [
+            f"| {a['batch']} | {a['steps']} | {a['seconds']:.3f} | {a['images_per_s']:.3f} |"
+            for a in check["adaptation"]
+        ]
     t = info.get("training", {})
     if t.get("rows"):
-        lines += ["", f"**Training**: steps {t['start_step']} -> {t['end_step']} on {t.get('device', '')}, "
-                  f"{t.get('steps_per_s', '?')} steps/s, last row {t.get('last')}"]  # fmt: skip
+        lines += [
+            "",
+            f"**Training**: steps {t['start_step']} -> {t['end_step']} on {t.get('device', '')}, "
+            f"{t.get('steps_per_s', '?')} steps/s, last row {t.get('last')}",
+        ]
     for p in info.get("return_problems", []):
         lines.append(f"\nWARNING (would not come back): {p}")
     return "\n".join(lines) + "\n"
@@ -472,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", required=True, help="validation images (PNG files are copied as they are)")
     p.add_argument("--photos", required=True, help="photos for the exactness check (e.g. .../pkg13)")
     p.add_argument("--crop", type=int, default=256, help="training crop side (>= the training crop)")
-    p.add_argument("--train-mib", default="auto",
-                   help="MiB of training crops, or auto: what the 64 MiB of a device call leaves")  # fmt: skip
+    p.add_argument(
+        "--train-mib", default="auto", help="MiB of training crops, or auto: what the 64 MiB of a device call leaves"
+    )
     p.add_argument("--min-side", type=int, default=128, help="smaller images go in whole if at least this")
     p.add_argument("--repo", default=".", help="the checkout whose working tree travels too (for auto)")
     p.add_argument("--photo-crop", type=int, default=256)

@@ -77,8 +77,10 @@ def main() -> None:
             for p in sizes:
                 size, enc, dec = code_once(models[p], raster)
                 rows[p].append((size, enc, dec, subpixels))
-                print(f"{path.name} {p} {subpixels // 3} {size} {8 * size / subpixels:.4f} {enc:.2f} {dec:.2f}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{path.name} {p} {subpixels // 3} {size} {8 * size / subpixels:.4f} {enc:.2f} {dec:.2f}",
+                    flush=True,
+                )
     base = sizes[0]
     print("\npatch total_bytes mean_bpsp bytes_ratio median_encode_s median_decode_s encode_ratio decode_ratio")
     for p in sizes:
@@ -87,8 +89,10 @@ def main() -> None:
         enc, dec = statistics.median(r[1] for r in rows[p]), statistics.median(r[2] for r in rows[p])
         base_enc, base_dec = statistics.median(r[1] for r in rows[base]), statistics.median(r[2] for r in rows[base])
         base_total = sum(r[0] for r in rows[base])
-        print(f"{p} {total} {mean_bpsp:.4f} {total / base_total:.4f} {enc:.2f} {dec:.2f} "
-              f"{enc / base_enc:.3f} {dec / base_dec:.3f}")  # fmt: skip
+        print(
+            f"{p} {total} {mean_bpsp:.4f} {total / base_total:.4f} {enc:.2f} {dec:.2f} "
+            f"{enc / base_enc:.3f} {dec / base_dec:.3f}"
+        )
 
 
 if __name__ == "__main__":

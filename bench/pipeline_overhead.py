@@ -44,8 +44,20 @@ def anchor(src: str, keys: list[str], settings: CodecSettings, threads: int) -> 
 
 
 def archive_job(src: str, dst: Path, job_id: str, steps: int, workers: int) -> tuple[float, int]:
-    args = ["archive", src, str(dst), "--job-id", job_id, "--steps", str(steps), "--workers", str(workers),
-            "--shard-size", "1", "--quiet"]  # fmt: skip
+    args = [
+        "archive",
+        src,
+        str(dst),
+        "--job-id",
+        job_id,
+        "--steps",
+        str(steps),
+        "--workers",
+        str(workers),
+        "--shard-size",
+        "1",
+        "--quiet",
+    ]
     start = time.perf_counter()
     rc = cli(args)
     seconds = time.perf_counter() - start

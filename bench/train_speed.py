@@ -280,11 +280,29 @@ def timing_rows(conf: Config, threads: int, timings: dict[str, Timing]) -> list[
 # Where the time goes
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm"}
-CONV_OPS = {"aten::convolution", "aten::_convolution", "aten::mkldnn_convolution", "aten::convolution_backward",
-            "aten::conv2d", "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::thnn_conv2d",
-            "aten::_nnpack_spatial_convolution", "aten::slow_conv_dilated2d"}  # fmt: skip
-COPY_OPS = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::fill_", "aten::zero_",
-            "aten::constant_pad_nd", "aten::cat", "aten::stack"}  # fmt: skip
+CONV_OPS = {
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+    "aten::conv2d",
+    "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward",
+    "aten::thnn_conv2d",
+    "aten::_nnpack_spatial_convolution",
+    "aten::slow_conv_dilated2d",
+}
+COPY_OPS = {
+    "aten::copy_",
+    "aten::clone",
+    "aten::contiguous",
+    "aten::_to_copy",
+    "aten::fill_",
+    "aten::zero_",
+    "aten::constant_pad_nd",
+    "aten::cat",
+    "aten::stack",
+}
 GEMM, EMBED = "GEMM (linear layers)", "embed conv (3x3) fwd+bwd"
 DW_FWD, DW_BWD = "depth-wise conv forward", "depth-wise conv backward"
 GELU, NORM, COPIES = "GELU fwd+bwd", "layer norm fwd+bwd", "copies and fills"
@@ -364,12 +382,30 @@ def breakdown(cfg: MGCFConfig, conf: Config, variant: str, threads: int, steps: 
     profiled = sum(totals.values())
     rows = []
     for cat, ms in totals.items():
-        rows.append({"kind": "profile", "variant": variant, "threads": threads, "crop": conf.crop,
-                     "batch": conf.batch, "category": cat, "ms_per_step": ms / steps,
-                     "share": ms / profiled if profiled else 0.0})  # fmt: skip
-    rows.append({"kind": "profile", "variant": variant, "threads": threads, "crop": conf.crop,
-                 "batch": conf.batch, "category": "wall time per profiled step", "ms_per_step": 1000 * wall / steps,
-                 "share": math.nan})  # fmt: skip
+        rows.append(
+            {
+                "kind": "profile",
+                "variant": variant,
+                "threads": threads,
+                "crop": conf.crop,
+                "batch": conf.batch,
+                "category": cat,
+                "ms_per_step": ms / steps,
+                "share": ms / profiled if profiled else 0.0,
+            }
+        )
+    rows.append(
+        {
+            "kind": "profile",
+            "variant": variant,
+            "threads": threads,
+            "crop": conf.crop,
+            "batch": conf.batch,
+            "category": "wall time per profiled step",
+            "ms_per_step": 1000 * wall / steps,
+            "share": math.nan,
+        }
+    )
     return rows
 
 
@@ -383,8 +419,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, conf: tuple[int, int], threads: int,
-                steps: int, warmup: int, out: str) -> None:  # fmt: skip
+def _ddp_worker(
+    rank: int,
+    world: int,
+    port: int,
+    cfg_json: str,
+    conf: tuple[int, int],
+    threads: int,
+    steps: int,
+    warmup: int,
+    out: str,
+) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
@@ -409,8 +454,14 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, conf: tuple[int
 
 
 def ddp_row(cfg: MGCFConfig, conf: Config, world: int, threads: int, steps: int, warmup: int) -> dict:
-    row = {"kind": "step", "variant": f"ddp{world}", "threads": threads, "processes": world, "crop": conf.crop,
-           "batch": conf.batch}  # fmt: skip
+    row = {
+        "kind": "step",
+        "variant": f"ddp{world}",
+        "threads": threads,
+        "processes": world,
+        "crop": conf.crop,
+        "batch": conf.batch,
+    }
     if conf.batch % world:
         return row | {"error": f"batch {conf.batch} does not split over {world} processes"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -433,8 +484,9 @@ def format_row(row: dict) -> str:
         return f"{head} {row['ms_per_step']:9.1f} ms {share:>6}  {row['category']}"
     if "error" in row:
         return f"{head} {row['error']}"
-    text = (f"{head} {row['ms_per_step']:9.1f} [{row['q1_ms']:.1f}, {row['q3_ms']:.1f}] ms "
-            f"{row['pixels_per_s']:11.0f} px/s")  # fmt: skip
+    text = (
+        f"{head} {row['ms_per_step']:9.1f} [{row['q1_ms']:.1f}, {row['q3_ms']:.1f}] ms {row['pixels_per_s']:11.0f} px/s"
+    )
     if "cpu_ms_per_step" in row:
         text += f"  cpu {row['cpu_ms_per_step']:.1f} ms  faults {row['faults']}"
     if "ratio" in row:
@@ -447,8 +499,10 @@ def format_row(row: dict) -> str:
 
 def machine_line() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    return (f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average (1 min) {load:.2f} at start; "
-            f"ms/step: median [quartiles]")  # fmt: skip
+    return (
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average (1 min) {load:.2f} at start; "
+        f"ms/step: median [quartiles]"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

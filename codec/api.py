@@ -218,8 +218,13 @@ def encode(
     128x128: the same pixels, and so the same decoder memory, per stream). ``calibration``: the
     learned coder's backward-adaptive calibration scheme (``codec.calibration``; 0: none).
     """
-    kwargs = {"model": model, "device": device, "patches_per_stream": patches_per_stream, "verify": verify,
-              "calibration": calibration}  # fmt: skip
+    kwargs = {
+        "model": model,
+        "device": device,
+        "patches_per_stream": patches_per_stream,
+        "verify": verify,
+        "calibration": calibration,
+    }
     return encode_many([image], adapt=adapt, coder=coder, jxl_effort=jxl_effort, **kwargs)[0][0]
 
 
@@ -387,14 +392,30 @@ class _LearnedFile:
     def _file(self, net: ExactMGCF, section: bytes | None, report: EncodeReport) -> bytes:
         with torch.inference_mode():
             streams = learned.encode_rgb(self.rgb, net, self.per, timings=report.timings, calibration=self.calibration)
-        return _container(self.raster, self.header, _mgcf_payload(streams), alpha=self.alpha, section=section,
-                          calibration=self.calibration)  # fmt: skip
+        return _container(
+            self.raster,
+            self.header,
+            _mgcf_payload(streams),
+            alpha=self.alpha,
+            section=section,
+            calibration=self.calibration,
+        )
 
 
 def _header(raster: Raster, coder: int, model_hash: bytes, patch: int, per: int) -> Header:
     dtype = raster.pixels.dtype.name
-    return Header(coder, raster.height, raster.width, raster.channels, dtype, raster.mode, raster_hash(raster),
-                  model_hash, patch, per)  # fmt: skip
+    return Header(
+        coder,
+        raster.height,
+        raster.width,
+        raster.channels,
+        dtype,
+        raster.mode,
+        raster_hash(raster),
+        model_hash,
+        patch,
+        per,
+    )
 
 
 def _container(

@@ -156,8 +156,9 @@ class Calibrator:
         # Scale: the context's ratio of the residuals it expected to those it saw.
         context = self._context(channel, rows, lbar, seg)
         count, sum_abs = self.count[context], self.sum_abs[context]
-        ratio = torch.div((count + PRIOR) * LOGISTIC_MAD * RATIO_ONE, sum_abs + PRIOR * LOGISTIC_MAD,
-                          rounding_mode="floor").clamp_(RATIO_MIN, RATIO_MAX)  # fmt: skip
+        ratio = torch.div(
+            (count + PRIOR) * LOGISTIC_MAD * RATIO_ONE, sum_abs + PRIOR * LOGISTIC_MAD, rounding_mode="floor"
+        ).clamp_(RATIO_MIN, RATIO_MAX)
         inv_scale = torch.div(mix.inv_scale * ratio.unsqueeze(1), RATIO_ONE, rounding_mode="floor")
         self.centre[rows], self.inv_s[rows], self.shift[rows], self.context[rows] = centre, inv_s, shift, context
         mean = (mix.mean + shift.unsqueeze(1)).clamp_(-MEAN_LIMIT, MEAN_LIMIT)

@@ -77,8 +77,9 @@ def corrections(params: torch.Tensor, pixels: torch.Tensor, real: torch.Tensor, 
     nb = torch.stack([_shifted(y, dr, dc) for dr, dc in NEIGHBOURS], -1)  # (B, H, W, 3, 6)
     coded = torch.stack([_shifted(realf, dr, dc)[..., 0] for dr, dc in NEIGHBOURS], -1)  # (B, H, W, 6)
     zero = torch.zeros_like(y[..., 0])
-    own = torch.stack([torch.stack([zero, zero], -1), torch.stack([y[..., 0], zero], -1),
-                       torch.stack([y[..., 0], y[..., 1]], -1)], -2)  # (B, H, W, 3, 2)  # fmt: skip
+    own = torch.stack(
+        [torch.stack([zero, zero], -1), torch.stack([y[..., 0], zero], -1), torch.stack([y[..., 0], y[..., 1]], -1)], -2
+    )  # (B, H, W, 3, 2)
     feats = torch.cat([nb.flatten(-2).unsqueeze(-2).expand(*y.shape, 18), own], -1).double()  # (B,H,W,3,20)
     shift = torch.zeros_like(y)
     log_change = torch.zeros_like(y)

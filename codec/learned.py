@@ -101,9 +101,14 @@ def check_segment_memory(height: int, width: int, model: ExactMGCF, per_stream: 
 
 
 def _code_step(
-    coders: list, counts: list[int], params: torch.Tensor, pixels: torch.Tensor, k: int, luts,
+    coders: list,
+    counts: list[int],
+    params: torch.Tensor,
+    pixels: torch.Tensor,
+    k: int,
+    luts,
     calibrator: Calibrator | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Code one step's R, G, B symbols: ``params``/``pixels`` hold the real rows of consecutive
     segments, ``counts[i]`` of them for ``coders[i]``. Encoders read ``pixels``; decoders fill them in.
     Tables are computed once for all rows, then split among the coders. With a ``calibrator``

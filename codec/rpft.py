@@ -248,9 +248,14 @@ class _Trunk:
 
 
 def _patch_bits(
-    model: MGCF, x: torch.Tensor, mask: torch.Tensor, deltas: Deltas | None, amp: bool,
-    trunk: tuple[int, torch.Tensor] | None = None, calibrated: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+    model: MGCF,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    deltas: Deltas | None,
+    amp: bool,
+    trunk: tuple[int, torch.Tensor] | None = None,
+    calibrated: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Estimated bits of each patch's real pixels, (B,). ``trunk``: (first block, its input
     features) when the layers before it are frozen and already computed. ``calibrated``: each
     patch's image, to estimate the bits after calibration's corrections (``codec.calibration_loss``)."""

@@ -149,8 +149,17 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if not items:
         raise job.JobError(f"no image files in {redact(args.src)}")
     lossy_model = os.path.abspath(args.lossy_model) if args.lossy_model and "://" not in args.lossy_model else None
-    settings = CodecSettings(args.codec, args.steps, args.adapt_patches, args.model, args.batch, args.jpeg,
-                             args.quality, lossy_model or args.lossy_model, jxl_effort=args.jxl_effort)  # fmt: skip
+    settings = CodecSettings(
+        args.codec,
+        args.steps,
+        args.adapt_patches,
+        args.model,
+        args.batch,
+        args.jpeg,
+        args.quality,
+        lossy_model or args.lossy_model,
+        jxl_effort=args.jxl_effort,
+    )
     with progress.phase("loading the model", _show_progress(args)):  # the workers load it again as they start
         model_hash = codec.load_model(args.model).digest.hex()
     if settings.codec == "cca":  # fail before the job exists; workers load the same file and check its hash

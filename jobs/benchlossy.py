@@ -64,15 +64,22 @@ def anchor_codecs(threads: int | None) -> list[LossyCodec]:
     q = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
     return [
         LossyCodec("jpeg", q, _jpeg_encode, _jpeg_decode),
-        LossyCodec("webp", q, lambda p, s: imagecodecs.webp_encode(p, level=s, lossless=False),
-                   imagecodecs.webp_decode),
-        LossyCodec("avif", [10, 20, 30, 40, 50, 60, 70, 80, 90],
-                   lambda p, s: imagecodecs.avif_encode(p, level=s, speed=8, numthreads=threads),
-                   imagecodecs.avif_decode),
-        LossyCodec("jxl", [12, 8, 6, 4, 3, 2, 1.5, 1, 0.5],
-                   lambda p, s: imagecodecs.jpegxl_encode(p, distance=s, effort=7, numthreads=threads),
-                   imagecodecs.jpegxl_decode),
-    ]  # fmt: skip
+        LossyCodec(
+            "webp", q, lambda p, s: imagecodecs.webp_encode(p, level=s, lossless=False), imagecodecs.webp_decode
+        ),
+        LossyCodec(
+            "avif",
+            [10, 20, 30, 40, 50, 60, 70, 80, 90],
+            lambda p, s: imagecodecs.avif_encode(p, level=s, speed=8, numthreads=threads),
+            imagecodecs.avif_decode,
+        ),
+        LossyCodec(
+            "jxl",
+            [12, 8, 6, 4, 3, 2, 1.5, 1, 0.5],
+            lambda p, s: imagecodecs.jpegxl_encode(p, distance=s, effort=7, numthreads=threads),
+            imagecodecs.jpegxl_decode,
+        ),
+    ]
 
 
 def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str]]:
@@ -106,8 +113,12 @@ def measure(c: LossyCodec, setting: Any, name: str, pixels: np.ndarray) -> dict:
         row["decode_s"] = time.perf_counter() - start
         if out.shape != pixels.shape or out.dtype != np.uint8:
             raise ValueError(f"decoded {out.shape} {out.dtype}, expected {pixels.shape} uint8")
-        row |= {"bytes": len(data), "bpp": 8 * len(data) / row["pixels"], "psnr": psnr(pixels, out),
-                "ms_ssim": ms_ssim(pixels, out)}  # fmt: skip
+        row |= {
+            "bytes": len(data),
+            "bpp": 8 * len(data) / row["pixels"],
+            "psnr": psnr(pixels, out),
+            "ms_ssim": ms_ssim(pixels, out),
+        }
     except Exception as exc:  # a failed point is reported, never dropped silently
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
@@ -122,13 +133,17 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
         if not ok:
             continue
         ssim = [r["ms_ssim"] for r in ok if r["ms_ssim"] is not None]
-        out.setdefault(codec_name, []).append({
-            "setting": setting, "images": len(ok), "bpp": statistics.mean(r["bpp"] for r in ok),
-            "psnr": statistics.mean(r["psnr"] for r in ok),
-            "ms_ssim": statistics.mean(ssim) if len(ssim) == len(ok) else None,
-            "encode_ms": 1000 * statistics.median(r["encode_s"] * REFERENCE_PIXELS / r["pixels"] for r in ok),
-            "decode_ms": 1000 * statistics.median(r["decode_s"] * REFERENCE_PIXELS / r["pixels"] for r in ok),
-        })  # fmt: skip
+        out.setdefault(codec_name, []).append(
+            {
+                "setting": setting,
+                "images": len(ok),
+                "bpp": statistics.mean(r["bpp"] for r in ok),
+                "psnr": statistics.mean(r["psnr"] for r in ok),
+                "ms_ssim": statistics.mean(ssim) if len(ssim) == len(ok) else None,
+                "encode_ms": 1000 * statistics.median(r["encode_s"] * REFERENCE_PIXELS / r["pixels"] for r in ok),
+                "decode_ms": 1000 * statistics.median(r["decode_s"] * REFERENCE_PIXELS / r["pixels"] for r in ok),
+            }
+        )
     for points in out.values():
         points.sort(key=lambda p: p["bpp"])
     return out
@@ -148,8 +163,9 @@ def bd_table(cv: dict[str, list[dict]], test: str = "cca") -> list[dict]:
         with_ssim = all(p["ms_ssim"] is not None for p in a + t)
         by_ssim = (
             bd_rate([(p["bpp"], ssim_db(p["ms_ssim"])) for p in a], [(p["bpp"], ssim_db(p["ms_ssim"])) for p in t])
-            if with_ssim else None
-        )  # fmt: skip
+            if with_ssim
+            else None
+        )
         table.append({"anchor": anchor, "bd_rate_psnr": by_psnr, "bd_rate_ms_ssim": by_ssim})
     return table
 
@@ -168,8 +184,10 @@ def report(cv: dict[str, list[dict]], bd: list[dict], env: str, failures: list[d
     lines += [f"| {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd]
     lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bdrate``).", ""]
     lines += ["## Curves (mean over images at each setting)", ""]
-    lines += ["| codec | setting (cca: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
-              "|---|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    lines += [
+        "| codec | setting (cca: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for name, points in cv.items():
         for p in points:
             lines.append(
@@ -242,8 +260,10 @@ def main(args: argparse.Namespace) -> int:
                 print(f"{name}: done", file=sys.stderr)
     cv = curves(rows)
     bd = bd_table(cv)
-    env = (f"{len(paths)} images from {args.input}; cca models {', '.join(hashes) or 'none'}; "
-           f"device {args.device}, threads {args.threads or 'default'}")  # fmt: skip
+    env = (
+        f"{len(paths)} images from {args.input}; cca models {', '.join(hashes) or 'none'}; "
+        f"device {args.device}, threads {args.threads or 'default'}"
+    )
     text = report(cv, bd, env, [r for r in rows if "error" in r])
     (out / "lossy-report.md").write_text(text)
     (out / "lossy-curves.json").write_text(json.dumps({"curves": cv, "bd_rate": bd, "environment": env}, indent=1))

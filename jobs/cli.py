@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "log_json", False):  # stderr stays pure JSON lines (pipeline.events)
             import json
 
-            print(json.dumps({"level": "error", "event": "error", "message": message, "exit_code": code}),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                json.dumps({"level": "error", "event": "error", "message": message, "exit_code": code}), file=sys.stderr
+            )
         else:
             print(f"callic: error: {message}", file=sys.stderr)
         return code

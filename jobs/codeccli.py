@@ -504,11 +504,17 @@ def _positive(text: str) -> int:
 
 
 def _io_arguments(p: argparse.ArgumentParser, what: str, into: str) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=f"{what} file, a folder of them (searched recursively), or - for stdin")  # fmt: skip
-    p.add_argument("output", metavar="OUTPUT",
-                   help=f"{into} file, or - for stdout; a folder with several inputs or a folder (created "
-                        "if missing), as with cp")  # fmt: skip
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=f"{what} file, a folder of them (searched recursively), or - for stdin",
+    )
+    p.add_argument(
+        "output",
+        metavar="OUTPUT",
+        help=f"{into} file, or - for stdout; a folder with several inputs or a folder (created if missing), as with cp",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout (and nothing else)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--threads", type=_positive, help=THREADS_HELP)
@@ -559,8 +565,11 @@ def add_encode_parser(sub: Any) -> None:
 def add_decode_parser(sub: Any) -> None:
     p = sub.add_parser("decode", help=COMMANDS["decode"].help)
     _io_arguments(p, "a .cllc", "the image")
-    p.add_argument("--format", choices=list(DECODE_FORMATS),
-                   help="output format (default: the output's extension; PNG for stdout and folders)")  # fmt: skip
+    p.add_argument(
+        "--format",
+        choices=list(DECODE_FORMATS),
+        help="output format (default: the output's extension; PNG for stdout and folders)",
+    )
     p.add_argument("--model", help="model file, if the one the file names is not installed")
     p.set_defaults(func=cmd_decode)
 

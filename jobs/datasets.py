@@ -200,16 +200,32 @@ def _pkg13() -> tuple[Photo, ...]:
 # gradients and graphics are left out. Each is area-downscaled 4x (training only: they are JPEGs).
 MATE_PHOTOS = {
     "nature": (
-        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "RainDrops", "Storm", "TwoWings", "Wood",
+        "Aqua",
+        "Blinds",
+        "Dune",
+        "FreshFlower",
+        "Garden",
+        "GreenMeadow",
+        "RainDrops",
+        "Storm",
+        "TwoWings",
+        "Wood",
         "YellowFlower",
     ),
     "desktop": ("GreenTraditional",),
     "abstract": ("Elephants_5640x3172",),
-}  # fmt: skip
+}
 MATE_VAL = ("nature", "LadyBird")  # in train before issue 16; held out since
 PLASMA_PHOTOS = (
-    "BytheWater", "ColdRipple", "ColorfulCups", "FallenLeaf", "Kite", "OneStandsOut", "Path", "summer_1am",
-)  # fmt: skip
+    "BytheWater",
+    "ColdRipple",
+    "ColorfulCups",
+    "FallenLeaf",
+    "Kite",
+    "OneStandsOut",
+    "Path",
+    "summer_1am",
+)
 PLASMA_VAL = "EveningGlow"  # in train before issue 16; held out since
 # ukui-wallpapers' 12 members (2004default, calla, city, desert, firstgeneration, fluent-color,
 # focal-ubuntukylin, goldfish, rhythm, rollpaper, string, the-mouse) are all renders or graphics,
@@ -218,11 +234,19 @@ UKUI_PHOTOS: tuple[str, ...] = ()
 LOMIRI_PHOTOS: tuple[str, ...] = ()
 # lomiri-wallpapers-16.04: all 15 but umang_by_Abhishek_Mudgal (a gradient); two held out for val.
 LOMIRI_1604_PHOTOS = (
-    "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede",
-    "aitzgorri_by_Aitzol_Berasategi", "analogpattern_by_Peter_Nerlich", "free_by_Peter_Nerlich",
-    "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "picosdeeuropa_by_Aitzol_Berasategi",
-    "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
-)  # fmt: skip
+    "Bridge_by_Sander_Klootwijk",
+    "Dragonfly_by_Bolly",
+    "Picture_1A_by_freespace",
+    "Wine_by_Jakkub_Mede",
+    "aitzgorri_by_Aitzol_Berasategi",
+    "analogpattern_by_Peter_Nerlich",
+    "free_by_Peter_Nerlich",
+    "friends_by_Aitzol_Berasategi",
+    "greentock_by_Peter_Nerlich",
+    "picosdeeuropa_by_Aitzol_Berasategi",
+    "seeding_by_Clements_Engelhardt",
+    "sunset_by_Aitzol_Berasategi",
+)
 LOMIRI_1604_VAL = ("life_by_Aitzol_Berasategi", "Picture_0B_by_freespace")
 LOMIRI_2004_PHOTOS = ("Kleiber_by_Lukas_Baubkus",)  # Fossa, Infinite-Sea and Painting-Colors are graphics
 WALLPAPERS = (  # archive, group, its photographs for train, for val
@@ -236,20 +260,43 @@ WALLPAPERS = (  # archive, group, its photographs for train, for val
 # and photos quantized to a palette left out), members under usr/share/tuxpaint/stamps/. Only the
 # largest fully opaque rectangle of each is kept, at full size: the model trains on 128x128 crops.
 TUXPAINT_STAMPS = (
-    "animals/birds/albino_peahen", "animals/birds/helmeted_guineafowl", "animals/mammals/bears/european-bear",
-    "food/fruit/Apricot_whole", "food/fruit/avocado", "food/fruit/cherimoya", "food/fruit/kiwi",
-    "food/fruit/orange_seville", "food/fruit/Strawberry2", "food/spices/ginger",
-    "hobbies/music/percussion/drum_tomtom_floor", "household/cylinder", "household/tools/spade",
-    "plants/flowers/daffodil", "plants/trees/rambutan", "seasonal/christmas/Christmas_pudding",
-    "seasonal/christmas/Mince_Pie", "seasonal/halloween/grave-d", "seasonal/halloween/grave-j",
-    "space/solarsystem/0_sun", "space/solarsystem/1_mercury", "space/solarsystem/2_venus", "space/solarsystem/4_mars",
-    "space/solarsystem/5_jupiter", "space/solarsystem/6_saturn", "space/solarsystem/7_uranus",
-    "space/solarsystem/8_neptune", "vehicles/flight/balloon360", "vehicles/garbagetruck", "vehicles/wheel_tractor",
-)  # fmt: skip
+    "animals/birds/albino_peahen",
+    "animals/birds/helmeted_guineafowl",
+    "animals/mammals/bears/european-bear",
+    "food/fruit/Apricot_whole",
+    "food/fruit/avocado",
+    "food/fruit/cherimoya",
+    "food/fruit/kiwi",
+    "food/fruit/orange_seville",
+    "food/fruit/Strawberry2",
+    "food/spices/ginger",
+    "hobbies/music/percussion/drum_tomtom_floor",
+    "household/cylinder",
+    "household/tools/spade",
+    "plants/flowers/daffodil",
+    "plants/trees/rambutan",
+    "seasonal/christmas/Christmas_pudding",
+    "seasonal/christmas/Mince_Pie",
+    "seasonal/halloween/grave-d",
+    "seasonal/halloween/grave-j",
+    "space/solarsystem/0_sun",
+    "space/solarsystem/1_mercury",
+    "space/solarsystem/2_venus",
+    "space/solarsystem/4_mars",
+    "space/solarsystem/5_jupiter",
+    "space/solarsystem/6_saturn",
+    "space/solarsystem/7_uranus",
+    "space/solarsystem/8_neptune",
+    "vehicles/flight/balloon360",
+    "vehicles/garbagetruck",
+    "vehicles/wheel_tractor",
+)
 TUXPAINT_VAL = (
-    "plants/flowers/anemone_red", "space/solarsystem/3_earth", "seasonal/christmas/Roast_turkey",
+    "plants/flowers/anemone_red",
+    "space/solarsystem/3_earth",
+    "seasonal/christmas/Roast_turkey",
     "household/tools/cementmixer",
-)  # fmt: skip
+)
 TUXPAINT_MIN_SIDE = 128  # the default model's crop and patch side
 
 
@@ -268,8 +315,9 @@ def _wallpaper(archive: Archive, group: str, name: str) -> Photo:
 
 def _stamp(path: str) -> Photo:
     member = f"usr/share/tuxpaint/stamps/{path}.png"
-    return Photo(f"tuxpaint-{path.rsplit('/', 1)[-1]}.png", TUXPAINT, member, group="tuxpaint",
-                 opaque_min=TUXPAINT_MIN_SIDE)  # fmt: skip
+    return Photo(
+        f"tuxpaint-{path.rsplit('/', 1)[-1]}.png", TUXPAINT, member, group="tuxpaint", opaque_min=TUXPAINT_MIN_SIDE
+    )
 
 
 def _train_photos() -> tuple[Photo, ...]:

@@ -134,8 +134,13 @@ class CCAObjective:
     def loss(self, net: nn.Module, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             terms = rd_loss(net, x.float() / 255, self.tc.lmbda, self.tc.cca_loss, self.tc.cca_weight)
-        metrics = {"loss": terms.loss.item(), "bpp": terms.bpp, "y_bpp": terms.y_bpp, "aux_bpp": terms.aux_bpp,
-                   "psnr": terms.psnr}  # fmt: skip
+        metrics = {
+            "loss": terms.loss.item(),
+            "bpp": terms.bpp,
+            "y_bpp": terms.y_bpp,
+            "aux_bpp": terms.aux_bpp,
+            "psnr": terms.psnr,
+        }
         return terms.loss, metrics
 
     @torch.no_grad()

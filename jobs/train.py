@@ -423,12 +423,19 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="callic-train", help="run folder or URL: checkpoint, log.csv, model/")
     p.add_argument("--codec", choices=sorted(OBJECTIVES), default="callic", help="callic (lossless) or cca (lossy)")
     p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")
-    p.add_argument("--config", choices=["default", "tiny", "small", "paper"], default="default",
-                   help="model size: callic default|tiny; cca small (= default)|paper|tiny")  # fmt: skip
+    p.add_argument(
+        "--config",
+        choices=["default", "tiny", "small", "paper"],
+        default="default",
+        help="model size: callic default|tiny; cca small (= default)|paper|tiny",
+    )
     p.add_argument("--init", help="model file to start from (its configuration is kept, but for --patch)")
-    p.add_argument("--patch", type=int,
-                   help="callic: patch size P the model codes with, and the crop side it trains on (default: the "
-                   "--init model's, else 64); MGCF's weights do not depend on P")  # fmt: skip
+    p.add_argument(
+        "--patch",
+        type=int,
+        help="callic: patch size P the model codes with, and the crop side it trains on (default: the "
+        "--init model's, else 64); MGCF's weights do not depend on P",
+    )
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="total steps; sets the cosine schedule")
     p.add_argument("--batch", type=int, default=TrainConfig.batch, help="crops per step per worker")
     p.add_argument("--lr", type=float, help="peak learning rate (callic 5e-4, cca 1e-4)")
@@ -443,10 +450,15 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers (0: train in this process, no Ray)")
     p.add_argument("--lmbda", type=float, default=TrainConfig.lmbda, help="cca: rate weight (higher: fewer bits)")
-    p.add_argument("--cca-loss", choices=["two-player", "literal", "off"], default=TrainConfig.cca_loss,
-                   help="cca: the CCA term's reading (see codec/lossy/loss.py), or off")  # fmt: skip
+    p.add_argument(
+        "--cca-loss",
+        choices=["two-player", "literal", "off"],
+        default=TrainConfig.cca_loss,
+        help="cca: the CCA term's reading (see codec/lossy/loss.py), or off",
+    )
     p.add_argument("--cca-weight", type=float, default=TrainConfig.cca_weight)
     p.add_argument("--crop", type=int, default=TrainConfig.crop, help="cca: crop side in pixels (multiple of 64)")
-    p.add_argument("--slice-k", type=float,
-                   help="cca, new models only: slice-size exponent (preset: 1.7, uneven; 0: even slices)")  # fmt: skip
+    p.add_argument(
+        "--slice-k", type=float, help="cca, new models only: slice-size exponent (preset: 1.7, uneven; 0: even slices)"
+    )
     p.set_defaults(func=main)

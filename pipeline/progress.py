@@ -69,8 +69,11 @@ class ProgressBar:
     def _line(self) -> None:
         self._shown, self._shown_done = time.monotonic(), self._done
         elapsed = tqdm.format_interval(self._shown - self._start)
-        print(f"{self._desc}: {self._done}/{self._total} images, {self._failed} failed, {elapsed} elapsed",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{self._desc}: {self._done}/{self._total} images, {self._failed} failed, {elapsed} elapsed",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._lines and self._done != self._shown_done:

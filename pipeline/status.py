@@ -28,8 +28,20 @@ def job_status(store: Store) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     codecs: Counter[str] = Counter()
     ok_rows = []
-    columns = ["status", "attempt", "error", "retryable", "codec", "width", "height", "raw_bytes", "bit_depth",
-               "source_bytes", "compressed_bytes", "psnr"]  # fmt: skip
+    columns = [
+        "status",
+        "attempt",
+        "error",
+        "retryable",
+        "codec",
+        "width",
+        "height",
+        "raw_bytes",
+        "bit_depth",
+        "source_bytes",
+        "compressed_bytes",
+        "psnr",
+    ]
     for r in final.select(columns).to_pylist():
         if r["status"] == "ok":
             ok += 1

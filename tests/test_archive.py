@@ -168,8 +168,22 @@ def test_one_actor_per_gpu(src, tmp_path, tiny_model_path):
     try:
         dst = tmp_path / "dst"
         dst.mkdir()
-        assert run("archive", str(root / "rgb"), str(dst), "--job-id", "g", "--steps", "0", "--shard-size", "1",
-                   "--model", str(tiny_model_path)) == 0  # fmt: skip
+        assert (
+            run(
+                "archive",
+                str(root / "rgb"),
+                str(dst),
+                "--job-id",
+                "g",
+                "--steps",
+                "0",
+                "--shard-size",
+                "1",
+                "--model",
+                str(tiny_model_path),
+            )
+            == 0
+        )
         rows = manifest.read_all(Store(dst / "g")).to_pylist()
         assert sorted(r["gpu"] for r in rows) == ["0", "1"]
         assert len({r["worker"] for r in rows}) == 2

@@ -61,9 +61,25 @@ def test_s3_to_s3_archive_and_restore(ray_cluster, s3, tmp_path, tiny_model_path
             client.put_object(Bucket="archive", Key=f"photos/{path.relative_to(root)}", Body=path.read_bytes())
     opts = json.dumps(options)
     rc = main(
-        ["archive", "s3://archive/photos", "s3://archive/backup", "--job-id", "s3job", "--steps", "0", "--workers",
-         "2", "--shard-size", "3", "--model", str(tiny_model_path), "--storage-options", opts, "--quiet"]
-    )  # fmt: skip
+        [
+            "archive",
+            "s3://archive/photos",
+            "s3://archive/backup",
+            "--job-id",
+            "s3job",
+            "--steps",
+            "0",
+            "--workers",
+            "2",
+            "--shard-size",
+            "3",
+            "--model",
+            str(tiny_model_path),
+            "--storage-options",
+            opts,
+            "--quiet",
+        ]
+    )
     assert rc == 10  # the two bad files
     assert "testing" not in capsys.readouterr().err  # credentials never printed
     spec = client.get_object(Bucket="archive", Key="backup/s3job/job.json")["Body"].read().decode()
@@ -77,8 +93,21 @@ def test_s3_to_s3_archive_and_restore(ray_cluster, s3, tmp_path, tiny_model_path
     assert len(packs) == len(job.list("data"))  # one object per shard, not per image
 
     out = tmp_path / "out"
-    assert main(["restore", "s3://archive/backup", str(out), "--model", str(tiny_model_path),
-                 "--storage-options", opts, "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "restore",
+                "s3://archive/backup",
+                str(out),
+                "--model",
+                str(tiny_model_path),
+                "--storage-options",
+                opts,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     corpus.check_restored(root, out / "s3job", kinds)  # several-job layout: OUT/JOB/key
 
 

@@ -31,10 +31,20 @@ def test_rpft_tuning_rows(tmp_path, tiny_model_path):
     shutil.copy(SAMPLES / "kodim23-crop.png", folder)
     out = tmp_path / "rows.jsonl"
     stdout = _run(
-        str(BENCH / "rpft_tuning.py"), str(folder), "--model", str(tiny_model_path), "--max-pixels", "2000",
-        "--variant", "all:steps=2,lr=1e-2", "--variant", "head:steps=2,lr=1e-2,layers=head", "--calibrated",
-        "--out", str(out),
-    )  # fmt: skip
+        str(BENCH / "rpft_tuning.py"),
+        str(folder),
+        "--model",
+        str(tiny_model_path),
+        "--max-pixels",
+        "2000",
+        "--variant",
+        "all:steps=2,lr=1e-2",
+        "--variant",
+        "head:steps=2,lr=1e-2,layers=head",
+        "--calibrated",
+        "--out",
+        str(out),
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["all", "head"]
     for r in rows:
@@ -49,8 +59,19 @@ def test_rpft_tuning_rows(tmp_path, tiny_model_path):
 
 def test_codec_speed_compares_calibration_schemes(tiny_model_path):
     stdout = _run(
-        str(BENCH / "codec_speed.py"), "--image", str(SAMPLES / "kodim23-crop.png"), "--model", str(tiny_model_path),
-        "--threads", "1", "--repeat", "1", "--crop", "24", "--calibration", "0,1",
-    )  # fmt: skip
+        str(BENCH / "codec_speed.py"),
+        "--image",
+        str(SAMPLES / "kodim23-crop.png"),
+        "--model",
+        str(tiny_model_path),
+        "--threads",
+        "1",
+        "--repeat",
+        "1",
+        "--crop",
+        "24",
+        "--calibration",
+        "0,1",
+    )
     assert "callic cal 0" in stdout and "callic cal 1" in stdout
     assert "ratio cal 1 / cal 0: encode" in stdout

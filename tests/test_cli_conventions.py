@@ -59,8 +59,15 @@ def test_help_version_and_info_import_neither_torch_nor_ray(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     fixture = ROOT / "tests" / "fixtures" / "rgb-mgcf.v2.cllc"
-    out = subprocess.run([sys.executable, "-c", probe, str(fixture)], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(fixture)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.split() == ["[0,", "0,", "0,", "0]", "mgcf", "True", "False", "False"], out
 
 
@@ -228,8 +235,21 @@ def test_lossy_files_are_in_bits_per_pixel_with_psnr(tmp_path, tiny_lossy_model_
     assert " bpp, PSNR " in line and "bpsp" not in line, line
     meta = codec.info(out.read_bytes())
     assert meta["lossy"] and meta["bits_per_pixel"] == 8 * meta["bytes"] / (64 * 64) and "bits_per_subpixel" not in meta
-    assert main(["encode", str(tmp_path / "rgb.png"), str(out), "--codec", "cca", "--json",
-                 "--model", str(tiny_lossy_model_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "encode",
+                str(tmp_path / "rgb.png"),
+                str(out),
+                "--codec",
+                "cca",
+                "--json",
+                "--model",
+                str(tiny_lossy_model_path),
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["bpp"] == meta["bits_per_pixel"] and "bpsp" not in record and 5 < record["psnr"] < 100
     lossless = codec.info((ROOT / "tests" / "fixtures" / "gray-jxl.v2.cllc").read_bytes())

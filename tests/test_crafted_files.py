@@ -226,8 +226,17 @@ def test_restore_refuses_edited_palette_and_mode(archive_codec):
 def test_restore_of_a_v1_row_checks_the_v1_hash_and_the_recorded_mode(archive_codec):
     blob = (FIXTURES / "cmyk-jxl.v1.cllc").read_bytes()
     raster = codec.decode(blob)
-    row = {"codec": "jxl-lossless", "format": "TIFF", "source_key": "c.tif", "width": 5, "height": 4, "mode": "CMYK",
-           "bit_depth": 8, "raw_bytes": 80, "pixel_hash": pixel_hash(raster.pixels).hex()}  # fmt: skip
+    row = {
+        "codec": "jxl-lossless",
+        "format": "TIFF",
+        "source_key": "c.tif",
+        "width": 5,
+        "height": 4,
+        "mode": "CMYK",
+        "bit_depth": 8,
+        "raw_bytes": 80,
+        "pixel_hash": pixel_hash(raster.pixels).hex(),
+    }
     with Image.open(io.BytesIO(archive_codec.restore(blob, row))) as back:
         assert back.mode == "CMYK" and np.array_equal(np.asarray(back), raster.pixels)
     relabelled = _with_head(blob, mode="RGBA")  # v1's hash does not cover the mode: the manifest does

@@ -73,8 +73,21 @@ def test_worker_killed_mid_shard(ray_cluster, tmp_path, tiny_model_path):
     dst.mkdir()
     kinds = _images(src, 12)
     result: dict[str, int] = {}
-    args = ["archive", str(src), str(dst), "--job-id", "k", "--steps", "3", "--shard-size", "12", "--no-pack",
-            "--model", str(tiny_model_path), "--quiet"]  # fmt: skip
+    args = [
+        "archive",
+        str(src),
+        str(dst),
+        "--job-id",
+        "k",
+        "--steps",
+        "3",
+        "--shard-size",
+        "12",
+        "--no-pack",
+        "--model",
+        str(tiny_model_path),
+        "--quiet",
+    ]
     runner = threading.Thread(target=lambda: result.setdefault("rc", main(args)))
     runner.start()
     objects = dst / "k" / "objects"
@@ -101,8 +114,23 @@ def test_driver_killed_then_resume(tmp_path, tiny_model_path):
     src.mkdir()
     dst.mkdir()
     kinds = _images(src, 16)
-    cmd = [sys.executable, "-m", "jobs.cli", "archive", str(src), str(dst), "--job-id", "d", "--steps", "2",
-           "--shard-size", "2", "--model", str(tiny_model_path), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "archive",
+        str(src),
+        str(dst),
+        "--job-id",
+        "d",
+        "--steps",
+        "2",
+        "--shard-size",
+        "2",
+        "--model",
+        str(tiny_model_path),
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     shards = dst / "d" / "manifest"
@@ -122,8 +150,12 @@ def test_driver_killed_then_resume(tmp_path, tiny_model_path):
     assert set(names) == {f"{i:06d}" for i in range(8)}
     assert all(names.count(s) == 1 for s in finished)  # shards finished before the kill were not redone
     out = tmp_path / "out"
-    rc = subprocess.run([*cmd[:3], "restore", str(dst / "d"), str(out), "--model", str(tiny_model_path), "--quiet"],
-                        cwd=REPO, env=env, timeout=300).returncode  # fmt: skip
+    rc = subprocess.run(
+        [*cmd[:3], "restore", str(dst / "d"), str(out), "--model", str(tiny_model_path), "--quiet"],
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    ).returncode
     assert rc == 0
     corpus.check_restored(src, out, kinds)
 
@@ -185,14 +217,40 @@ def test_throttling_storage_is_retried(ray_cluster, s3, tmp_path, tiny_model_pat
         src.mkdir()
         kinds = _images(src, 6)
         opts = json.dumps(flaky)
-        rc = main(["archive", str(src), "s3://archive/t", "--job-id", "t", "--steps", "0", "--shard-size", "2",
-                   "--model", str(tiny_model_path), "--storage-options", opts, "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "archive",
+                str(src),
+                "s3://archive/t",
+                "--job-id",
+                "t",
+                "--steps",
+                "0",
+                "--shard-size",
+                "2",
+                "--model",
+                str(tiny_model_path),
+                "--storage-options",
+                opts,
+                "--quiet",
+            ]
+        )
         assert rc == 0 and proxy.failed > 5
         rows = manifest.load(Store("s3://archive/t/t", options)).to_pylist()
         assert sorted(r["source_key"] for r in rows) == sorted(kinds) and {r["status"] for r in rows} == {"ok"}
         out = tmp_path / "out"
-        rc = main(["restore", "s3://archive/t/t", str(out), "--model", str(tiny_model_path),
-                   "--storage-options", opts, "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "restore",
+                "s3://archive/t/t",
+                str(out),
+                "--model",
+                str(tiny_model_path),
+                "--storage-options",
+                opts,
+                "--quiet",
+            ]
+        )
         assert rc == 0
         corpus.check_restored(src, out, kinds)
     finally:

@@ -24,9 +24,13 @@ SCRIPT = ROOT / "bench" / "gpu_session.sh"
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="the session script needs bash")
 DRY_STEPS = 2  # the dry run adapts for 2 steps where the device run adapts for 10
 EXPECTED_TIMINGS = [
-    "encode T=0 (cpu)", f"encode T={DRY_STEPS} (cpu)", "decode T=0 (cpu check)", f"decode T={DRY_STEPS} (cpu check)",
-    "decode T=0 (cpu)", f"decode T={DRY_STEPS} (cpu)",
-]  # fmt: skip
+    "encode T=0 (cpu)",
+    f"encode T={DRY_STEPS} (cpu)",
+    "decode T=0 (cpu check)",
+    f"decode T={DRY_STEPS} (cpu check)",
+    "decode T=0 (cpu)",
+    f"decode T={DRY_STEPS} (cpu)",
+]
 
 
 def dry_run(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -56,8 +60,11 @@ def session(tmp_path_factory) -> Path:
 def test_every_stage_ran_and_passed(session):
     summary = load(session / "summary.json")
     assert [(s["stage"], s["rc"]) for s in summary["stages"]] == [
-        ("prepare", 0), ("install", 0), ("check", 0), ("train", 0)
-    ]  # fmt: skip
+        ("prepare", 0),
+        ("install", 0),
+        ("check", 0),
+        ("train", 0),
+    ]
     assert summary["ok"] and summary["mode"] == "dry-run"
     assert "=== summary" in (session / "session.log").read_text()  # the log is tee'd into $OUT
     assert "ok" in (session / "summary.md").read_text().splitlines()[0]
@@ -158,11 +165,13 @@ def test_a_broken_decode_is_reported(tmp_path, tiny_model_path, monkeypatch):
     """The check compares values, dtype and shape: a decoder that gets any of them wrong makes the
     file a mismatch with its reason, and the exit code 1."""
     write_photos(tmp_path / "photos", 3)
-    breakages = iter([
-        lambda px: np.where(np.arange(px.size).reshape(px.shape) == 5, px ^ 1, px),  # one sample off
-        lambda px: px.astype(np.uint16),
-        lambda px: px[:-1],
-    ])  # fmt: skip
+    breakages = iter(
+        [
+            lambda px: np.where(np.arange(px.size).reshape(px.shape) == 5, px ^ 1, px),  # one sample off
+            lambda px: px.astype(np.uint16),
+            lambda px: px[:-1],
+        ]
+    )
     real = gpu_check._decode_cpu
     monkeypatch.setattr(gpu_check, "_decode_cpu", lambda data: next(breakages)(real(data)))
     out = tmp_path / "check.json"

@@ -31,8 +31,12 @@ def test_cluster_launcher_config():
     nodes = cfg["available_node_types"]
     assert cfg["head_node_type"] in nodes
     assert any(n["resources"].get("GPU") == 1 for n in nodes.values())
-    assert cfg["docker"]["image"] == yaml.safe_load((INFRA / "rayjob.yaml").read_text())["spec"]["rayClusterSpec"][
-        "headGroupSpec"]["template"]["spec"]["containers"][0]["image"]  # fmt: skip
+    assert (
+        cfg["docker"]["image"]
+        == yaml.safe_load((INFRA / "rayjob.yaml").read_text())["spec"]["rayClusterSpec"]["headGroupSpec"]["template"][
+            "spec"
+        ]["containers"][0]["image"]
+    )
 
 
 def test_dockerfile_copies_what_exists():

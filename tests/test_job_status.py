@@ -126,15 +126,26 @@ def test_old_manifests_load_and_their_failures_are_classified_from_the_error(tmp
     _old_manifest(
         store,
         [
-            {**base, "source_key": "a.png", "status": "ok", "codec": "callic", "source_bytes": 10,
-             "compressed_bytes": 6, "raw_bytes": 48, "bit_depth": 8, "width": 4, "height": 4, "bpsp": 1.0},
+            {
+                **base,
+                "source_key": "a.png",
+                "status": "ok",
+                "codec": "callic",
+                "source_bytes": 10,
+                "compressed_bytes": 6,
+                "raw_bytes": 48,
+                "bit_depth": 8,
+                "width": 4,
+                "height": 4,
+                "bpsp": 1.0,
+            },
             {**base, "source_key": "cut.png", "error": "ImageReadError: cannot read image cut.png: truncated"},
             {**base, "source_key": "big.png", "error": "SourceError: /src/big.png: 9 bytes, over the 8-byte limit"},
             {**base, "source_key": "slow.png", "error": "SourceError: s3://b/slow.png: no answer within 300 s"},
             {**base, "source_key": "gone.png", "error": "StorageError: read s3://b/gone.png failed: OSError: reset"},
             {**base, "source_key": "lost.png", "error": "gave up after 3 attempts: worker died"},
         ],
-    )  # fmt: skip
+    )
     rows = {r["source_key"]: r for r in manifest.load(store).to_pylist()}
     assert {k: r["retryable"] for k, r in rows.items()} == {
         "a.png": None,
@@ -160,8 +171,22 @@ def test_a_job_not_done_says_so(tmp_path, capsys):
     store = Store(tmp_path / "half")
     job.create(store, _spec(3), job.shards_table([("a.png", 1), ("b.png", 1), ("c.png", 1)], 8))
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    manifest.write_shard(store, 0, "t", [{"job": "old", "shard": 0, "source_key": "a.png", "status": "ok",
-                                          "attempt": 1, "time": now, "codec": "callic"}])  # fmt: skip
+    manifest.write_shard(
+        store,
+        0,
+        "t",
+        [
+            {
+                "job": "old",
+                "shard": 0,
+                "source_key": "a.png",
+                "status": "ok",
+                "attempt": 1,
+                "time": now,
+                "codec": "callic",
+            }
+        ],
+    )
     capsys.readouterr()
     assert main(["status", str(tmp_path / "half")]) == 0
     assert "not complete: 2 not done, run `callic resume`" in capsys.readouterr().out
@@ -177,14 +202,40 @@ def test_lossy_and_lossless_sizes_in_their_own_units(tmp_path, capsys):
         0,
         "t",
         [
-            {**base, "source_key": "a.png", "codec": "callic", "source_bytes": 500, "compressed_bytes": 300,
-             "raw_bytes": 600, "bit_depth": 8, "bpsp": 4.0},
-            {**base, "source_key": "b.png", "codec": "cca", "source_bytes": 500, "compressed_bytes": 50,
-             "raw_bytes": 600, "bit_depth": 8, "bpp": 2.0, "psnr": 30.0},
-            {**base, "source_key": "c.png", "codec": "cca", "source_bytes": 500, "compressed_bytes": 25,
-             "raw_bytes": 600, "bit_depth": 8, "bpp": 1.0, "psnr": 26.0},
+            {
+                **base,
+                "source_key": "a.png",
+                "codec": "callic",
+                "source_bytes": 500,
+                "compressed_bytes": 300,
+                "raw_bytes": 600,
+                "bit_depth": 8,
+                "bpsp": 4.0,
+            },
+            {
+                **base,
+                "source_key": "b.png",
+                "codec": "cca",
+                "source_bytes": 500,
+                "compressed_bytes": 50,
+                "raw_bytes": 600,
+                "bit_depth": 8,
+                "bpp": 2.0,
+                "psnr": 30.0,
+            },
+            {
+                **base,
+                "source_key": "c.png",
+                "codec": "cca",
+                "source_bytes": 500,
+                "compressed_bytes": 25,
+                "raw_bytes": 600,
+                "bit_depth": 8,
+                "bpp": 1.0,
+                "psnr": 26.0,
+            },
         ],
-    )  # fmt: skip
+    )
     st = status.job_status(store)
     assert st["lossless"] == {"images": 1, "source_bytes": 500, "stored_bytes": 300, "bpsp": 4.0}
     assert st["lossy"] == {"images": 2, "source_bytes": 1000, "stored_bytes": 75, "bpp": 1.5, "psnr_mean": 28.0}

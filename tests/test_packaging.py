@@ -90,10 +90,14 @@ def test_every_data_file_the_code_ships_has_a_package_data_pattern():
     """A model, sample or manifest without a pattern would be missing from every plain install."""
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]
     data = [
-        p for top in TOPS for p in (ROOT / top).rglob("*")
-        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+        p
+        for top in TOPS
+        for p in (ROOT / top).rglob("*")
+        if p.is_file()
+        and p.suffix not in (".py", ".pyc")
+        and "__pycache__" not in p.parts
         and not p.name.startswith(".")
-    ]  # fmt: skip
+    ]
     assert any(p.suffix == ".safetensors" for p in data) and any(p.suffix == ".png" for p in data)
     for path in data:
         top, *rest = path.relative_to(ROOT).parts

@@ -68,9 +68,18 @@ class _FakeExact:
 
 def train_config(tmp_path, **kw) -> dict:
     base = TrainConfig(
-        data=str(SAMPLES), out=str(tmp_path / "run"), config="tiny", steps=2, batch=2, lr=1e-3, warmup=1,
-        val_every=1000, threads=1, device="cpu", quiet=True,
-    )  # fmt: skip
+        data=str(SAMPLES),
+        out=str(tmp_path / "run"),
+        config="tiny",
+        steps=2,
+        batch=2,
+        lr=1e-3,
+        warmup=1,
+        val_every=1000,
+        threads=1,
+        device="cpu",
+        quiet=True,
+    )
     return dataclasses.asdict(dataclasses.replace(base, **kw))
 
 

@@ -54,14 +54,40 @@ def test_job_on_a_two_node_cluster(two_nodes, tmp_path, tiny_model_path):
     address, cluster_env = two_nodes
     env = {**cluster_env, "PYTHONPATH": str(REPO)}
     base = [sys.executable, "-m", "jobs.cli"]
-    archive = [*base, "archive", str(src), str(dst), "--job-id", "n", "--steps", "0", "--shard-size", "4",
-               "--workers", "2", "--model", str(tiny_model_path), "--address", address, "--quiet"]  # fmt: skip
+    archive = [
+        *base,
+        "archive",
+        str(src),
+        str(dst),
+        "--job-id",
+        "n",
+        "--steps",
+        "0",
+        "--shard-size",
+        "4",
+        "--workers",
+        "2",
+        "--model",
+        str(tiny_model_path),
+        "--address",
+        address,
+        "--quiet",
+    ]
     assert subprocess.run(archive, cwd=REPO, env=env, timeout=300).returncode == 10  # the corpus's two bad files
     rows = manifest.load(Store(dst / "n")).to_pylist()
     assert sorted(r["source_key"] for r in rows) == sorted(kinds)
     nodes = {r["worker"].rsplit("/", 1)[1] for r in rows if r["worker"]}
     assert len(nodes) == 2  # one CPU per node, one CPU per worker: a worker on each node
-    restore = [*base, "restore", str(dst / "n"), str(out), "--model", str(tiny_model_path), "--address", address,
-               "--quiet"]  # fmt: skip
+    restore = [
+        *base,
+        "restore",
+        str(dst / "n"),
+        str(out),
+        "--model",
+        str(tiny_model_path),
+        "--address",
+        address,
+        "--quiet",
+    ]
     assert subprocess.run(restore, cwd=REPO, env=env, timeout=300).returncode == 0
     corpus.check_restored(src, out, kinds)

@@ -36,8 +36,18 @@ def archived(ray_cluster, tmp_path_factory, tiny_model_path) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("faults")
     kinds = _images(root / "src", 5)
     (root / "dst").mkdir()
-    args = ["archive", str(root / "src"), str(root / "dst"), "--job-id", "f", "--steps", "0",
-            "--model", str(tiny_model_path), "--quiet"]  # fmt: skip
+    args = [
+        "archive",
+        str(root / "src"),
+        str(root / "dst"),
+        "--job-id",
+        "f",
+        "--steps",
+        "0",
+        "--model",
+        str(tiny_model_path),
+        "--quiet",
+    ]
     assert main(args) == 0
     return root / "src", root / "dst" / "f", kinds
 
@@ -145,8 +155,19 @@ def test_archive_survives_losing_its_progress_actor(ray_cluster, tmp_path, tiny_
     kinds = _images(src, 4)
     dst.mkdir()
     result: dict[str, Any] = {}
-    args = ["archive", str(src), str(dst), "--job-id", "p", "--steps", "0", "--shard-size", "1",
-            "--model", str(tiny_model_path)]  # fmt: skip
+    args = [
+        "archive",
+        str(src),
+        str(dst),
+        "--job-id",
+        "p",
+        "--steps",
+        "0",
+        "--shard-size",
+        "1",
+        "--model",
+        str(tiny_model_path),
+    ]
 
     def archive() -> None:
         try:

@@ -68,13 +68,33 @@ def _leak_rows(outside: Path) -> list[dict]:
         for guess in range(256):
             sha = hashlib.sha256(bytes([guess])).hexdigest()
             for key in ("../../outside/secret.txt", secret, "objects/000000-abc/../../../outside/secret.txt"):
-                rows.append({**base, "source_key": f"leak/{len(rows)}.bin", "output_key": key, "offset": i,
-                             "length": 1, "source_sha256": sha})  # fmt: skip
+                rows.append(
+                    {
+                        **base,
+                        "source_key": f"leak/{len(rows)}.bin",
+                        "output_key": key,
+                        "offset": i,
+                        "length": 1,
+                        "source_sha256": sha,
+                    }
+                )
     whole = hashlib.sha256(SECRET).hexdigest()
-    for key, offset in (("objects/000000-abc/secret.txt", None), ("data/shard-000000-abc.pack", 0),
-                        ("../../outside/secret.txt", None), (secret, None)):  # fmt: skip
-        rows.append({**base, "source_key": f"leak/{len(rows)}.bin", "output_key": key, "offset": offset,
-                     "length": len(SECRET), "source_sha256": whole})  # fmt: skip
+    for key, offset in (
+        ("objects/000000-abc/secret.txt", None),
+        ("data/shard-000000-abc.pack", 0),
+        ("../../outside/secret.txt", None),
+        (secret, None),
+    ):
+        rows.append(
+            {
+                **base,
+                "source_key": f"leak/{len(rows)}.bin",
+                "output_key": key,
+                "offset": offset,
+                "length": len(SECRET),
+                "source_sha256": whole,
+            }
+        )
     return rows
 
 
@@ -100,8 +120,14 @@ def test_crafted_manifest_reads_nothing_outside_the_job(ray_cluster, tmp_path, t
 
 
 def _row(**fields) -> dict:
-    return {"output_key": "objects/000003-0a1b2c3d4e/cats/a.png.cllc", "offset": None, "length": 10,
-            "codec": "callic", "format": "PNG", **fields}  # fmt: skip
+    return {
+        "output_key": "objects/000003-0a1b2c3d4e/cats/a.png.cllc",
+        "offset": None,
+        "length": 10,
+        "codec": "callic",
+        "format": "PNG",
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(

@@ -49,14 +49,28 @@ def seaweed(tmp_path_factory):
     data = tmp_path_factory.mktemp("seaweed")
     s3, master, volume, filer, admin = _free_ports(5)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3}",
-           f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-admin.port={admin}",
-           "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]  # fmt: skip
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-admin.port={admin}",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
     log = open(data / "weed.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{s3}"
-    client = boto3.client("s3", endpoint_url=url, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
-                          region_name="us-east-1")  # fmt: skip
+    client = boto3.client(
+        "s3", endpoint_url=url, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name="us-east-1"
+    )
     deadline = time.time() + 90
     while True:
         try:
@@ -117,9 +131,26 @@ def test_200_images_through_seaweedfs(seaweed, tmp_path, tiny_model_path, capsys
     ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        rc = main(["archive", "s3://photos/in", "s3://photos/archive", "--job-id", "big", "--steps", "0",
-                   "--workers", "2", "--shard-size", "16", "--model", str(tiny_model_path),
-                   "--storage-options", opts, "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "archive",
+                "s3://photos/in",
+                "s3://photos/archive",
+                "--job-id",
+                "big",
+                "--steps",
+                "0",
+                "--workers",
+                "2",
+                "--shard-size",
+                "16",
+                "--model",
+                str(tiny_model_path),
+                "--storage-options",
+                opts,
+                "--quiet",
+            ]
+        )
         assert rc == 10
         job = Store("s3://photos/archive/big", options)
         rows = manifest.load(job).to_pylist()
@@ -128,8 +159,20 @@ def test_200_images_through_seaweedfs(seaweed, tmp_path, tiny_model_path, capsys
         assert {r["source_key"] for r in rows if r["status"] == "failed"} == bad and len(bad) >= 4
         assert len({r["worker"] for r in rows if r["worker"]}) == 2
         out = tmp_path / "out"
-        rc = main(["restore", "s3://photos/archive/big", str(out), "--workers", "2", "--model",
-                   str(tiny_model_path), "--storage-options", opts, "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "restore",
+                "s3://photos/archive/big",
+                str(out),
+                "--workers",
+                "2",
+                "--model",
+                str(tiny_model_path),
+                "--storage-options",
+                opts,
+                "--quiet",
+            ]
+        )
         assert rc == 0
         corpus.check_restored(root, out, kinds)
         assert sum(1 for p in out.rglob("*") if p.is_file()) == len(kinds) - len(bad)

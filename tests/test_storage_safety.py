@@ -75,8 +75,19 @@ def test_credentials_in_src_url_are_never_written_or_printed(ray_cluster, http_s
     url, n = http_src
     dst = tmp_path / "dst"
     dst.mkdir()
-    argv = ["archive", f"{url}/*.png", str(dst), "--job-id", "c", "--steps", "0", "--model", str(tiny_model_path),
-            "--log-json", "-v"]  # fmt: skip
+    argv = [
+        "archive",
+        f"{url}/*.png",
+        str(dst),
+        "--job-id",
+        "c",
+        "--steps",
+        "0",
+        "--model",
+        str(tiny_model_path),
+        "--log-json",
+        "-v",
+    ]
     assert main(argv) == 0
     spec = json.loads((dst / "c" / "job.json").read_text())
     assert spec["src"].startswith("http://127.0.0.1:")  # stored without user:password

@@ -92,12 +92,14 @@ def test_the_cli_makes_openmp_threads_sleep_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(ROOT)
     probe = "import jobs.cli, os, sys, torch; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.split() == ["PASSIVE", "True"]  # set, and torch (loaded after the CLI) saw it set
     probe = "import jobs, sys; print('torch' in sys.modules)"  # set before anything imports torch
-    assert subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=True).stdout.split() == ["False"]  # fmt: skip
+    assert subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split() == ["False"]
 
 
 def test_default_threads_follow_omp_num_threads_else_the_cores(monkeypatch):

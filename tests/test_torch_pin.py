@@ -34,9 +34,16 @@ def test_pin_is_read_from_its_own_line_only(tmp_path):
 
 @pytest.mark.parametrize(
     ("installed", "same"),
-    [("2.13.0", True), ("2.13.0+cpu", True), ("2.13.0+cu128", True), ("2.14.1", False), ("2.13.1", False),
-     ("2.13.0a0", False), ("2.13.01", False)],
-)  # fmt: skip
+    [
+        ("2.13.0", True),
+        ("2.13.0+cpu", True),
+        ("2.13.0+cu128", True),
+        ("2.14.1", False),
+        ("2.13.1", False),
+        ("2.13.0a0", False),
+        ("2.13.01", False),
+    ],
+)
 def test_a_local_build_label_is_the_same_release(installed, same):
     assert same_torch_release(installed, "2.13.0") is same
 

@@ -23,9 +23,19 @@ from .conftest import SAMPLES, assert_same_pixels
 
 def config(out: Path, **kw) -> dict:
     base = TrainConfig(
-        data=str(SAMPLES), val=str(SAMPLES), out=str(out), config="tiny", steps=60, batch=8, lr=3e-3, warmup=5,
-        val_every=1000, val_tiles=32, threads=1, device="cpu",
-    )  # fmt: skip
+        data=str(SAMPLES),
+        val=str(SAMPLES),
+        out=str(out),
+        config="tiny",
+        steps=60,
+        batch=8,
+        lr=3e-3,
+        warmup=5,
+        val_every=1000,
+        val_tiles=32,
+        threads=1,
+        device="cpu",
+    )
     return dataclasses.asdict(dataclasses.replace(base, **kw))
 
 

@@ -26,13 +26,27 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
 
 def test_rows_per_config_and_variant_with_a_profile(tmp_path):
     rows, stdout = run_bench(
-        tmp_path, "--configs", "8x2,16x1", "--steps", "2", "--warmup", "1", "--variants", "base,dw-plain",
-        "--profile", "base", "--profile-steps", "1",
-    )  # fmt: skip
+        tmp_path,
+        "--configs",
+        "8x2,16x1",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--variants",
+        "base,dw-plain",
+        "--profile",
+        "base",
+        "--profile-steps",
+        "1",
+    )
     steps = [r for r in rows if r["kind"] == "step"]
     assert sorted((r["crop"], r["batch"], r["variant"]) for r in steps) == [
-        (8, 2, "base"), (8, 2, "dw-plain"), (16, 1, "base"), (16, 1, "dw-plain"),
-    ]  # fmt: skip
+        (8, 2, "base"),
+        (8, 2, "dw-plain"),
+        (16, 1, "base"),
+        (16, 1, "dw-plain"),
+    ]
     for r in steps:
         assert "error" not in r, r
         assert r["threads"] == 1
@@ -52,8 +66,13 @@ def test_rows_per_config_and_variant_with_a_profile(tmp_path):
         assert len(shares) == CATEGORIES and len(mine) == CATEGORIES + 1
         assert sum(shares) == pytest.approx(1.0)
         by_name = {r["category"]: r["ms_per_step"] for r in mine}
-        for part in ("GEMM (linear layers)", "depth-wise conv backward", "GELU fwd+bwd", "mixture loss fwd+bwd",
-                     "optimizer (Adam, zero_grad)"):  # fmt: skip
+        for part in (
+            "GEMM (linear layers)",
+            "depth-wise conv backward",
+            "GELU fwd+bwd",
+            "mixture loss fwd+bwd",
+            "optimizer (Adam, zero_grad)",
+        ):
             assert by_name[part] > 0, part
     assert stdout.count("\n") >= len(rows)  # a line per row, after the machine line
 

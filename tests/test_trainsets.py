@@ -141,9 +141,19 @@ def read_log(out: Path) -> tuple[list[str], list[dict]]:
 
 def run_config(tmp_path: Path, val: Path, **kw) -> dict:
     base = TrainConfig(
-        data=str(val), val=str(val), out=str(tmp_path / "run"), config="tiny", steps=4, batch=2, warmup=1,
-        val_every=2, val_tiles=4, threads=1, device="cpu", quiet=True,
-    )  # fmt: skip
+        data=str(val),
+        val=str(val),
+        out=str(tmp_path / "run"),
+        config="tiny",
+        steps=4,
+        batch=2,
+        warmup=1,
+        val_every=2,
+        val_tiles=4,
+        threads=1,
+        device="cpu",
+        quiet=True,
+    )
     return dataclasses.asdict(dataclasses.replace(base, **kw))
 
 

@@ -58,8 +58,15 @@ def lossy_model_by_hash(digest: bytes, device: str) -> coding.LossyModel:
     return coding.LossyModel(parse_model(data, source=str(path)), torch.device(device))
 
 
-def encode_lossy(image: Any, *, quality: int | None = None, model: coding.LossyModel | None = None,
-                 device: str = "cpu", verify: bool = False, timings: dict | None = None) -> bytes:  # fmt: skip
+def encode_lossy(
+    image: Any,
+    *,
+    quality: int | None = None,
+    model: coding.LossyModel | None = None,
+    device: str = "cpu",
+    verify: bool = False,
+    timings: dict | None = None,
+) -> bytes:
     """Compress an 8-bit RGB image (numpy array, ``Raster`` or Pillow image) with the lossy codec."""
     kwargs = {"quality": quality, "model": model, "device": device, "verify": verify, "timings": timings}
     return encode_lossy_with_reconstruction(image, **kwargs)[0]

@@ -70,14 +70,31 @@ class CCAConfig:
     def small(cls) -> CCAConfig:
         """Trains in hours on one GPU (and, slowly, on a CPU): 5.4M parameters, 1/12 of the
         paper's, and a 10.8 MB model file per rate point."""
-        return cls(widths=(48, 64, 96, 128), res_blocks=1, naf_blocks=1, hyper=96, z_channels=64,
-                   context=64, context_naf=1, context_out=48)  # fmt: skip
+        return cls(
+            widths=(48, 64, 96, 128),
+            res_blocks=1,
+            naf_blocks=1,
+            hyper=96,
+            z_channels=64,
+            context=64,
+            context_naf=1,
+            context_out=48,
+        )
 
     @classmethod
     def tiny(cls) -> CCAConfig:
         """For unit tests only."""
-        return cls(widths=(8, 8, 12, 40), res_blocks=1, naf_blocks=1, hyper=12, z_channels=8,
-                   context=12, context_naf=1, context_out=8, factorized_filters=(3,))  # fmt: skip
+        return cls(
+            widths=(8, 8, 12, 40),
+            res_blocks=1,
+            naf_blocks=1,
+            hyper=12,
+            z_channels=8,
+            context=12,
+            context_naf=1,
+            context_out=8,
+            factorized_filters=(3,),
+        )
 
     @classmethod
     def named(cls, name: str) -> CCAConfig:

@@ -79,8 +79,13 @@ class ExactCCA:
     """The decoder-side networks on integers. Tensors are (B, C, H, W) float64 holding integers
     at ``ACT_FRAC`` fractional bits."""
 
-    def __init__(self, cfg: CCAConfig, tensors: dict[str, torch.Tensor], luts: dict[str, torch.Tensor],
-                 device: str | torch.device = "cpu"):  # fmt: skip
+    def __init__(
+        self,
+        cfg: CCAConfig,
+        tensors: dict[str, torch.Tensor],
+        luts: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
+    ):
         self.cfg = cfg
         self.device = torch.device(device)
         self.t = {k: v.to(self.device, torch.float64) for k, v in tensors.items()}

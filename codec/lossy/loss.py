@@ -63,8 +63,13 @@ class CCATrainee(nn.Module):
                 aux_bpp = aux_bits(self.aux, f, params=frozen).sum() / pixels
                 loss = loss + cca_weight * (y_bpp - aux_bpp)
             loss = loss + own
-        return {"loss": loss, "mse": mse.detach(), "bpp": rate.detach(), "y_bpp": y_bpp.detach(),
-                "aux_bpp": aux_bpp.detach()}  # fmt: skip
+        return {
+            "loss": loss,
+            "mse": mse.detach(),
+            "bpp": rate.detach(),
+            "y_bpp": y_bpp.detach(),
+            "aux_bpp": aux_bpp.detach(),
+        }
 
 
 def aux_bits(aux: nn.Module, f: Forward, params: dict | None = None, detach: bool = False) -> torch.Tensor:
@@ -95,8 +100,9 @@ class LossTerms:
         return 10 * math.log10(1 / max(self.mse, 1e-12))
 
 
-def rd_loss(net: nn.Module, x: torch.Tensor, lmbda: float, mode: str = "two-player",
-            cca_weight: float = 1.0) -> LossTerms:  # fmt: skip
+def rd_loss(
+    net: nn.Module, x: torch.Tensor, lmbda: float, mode: str = "two-player", cca_weight: float = 1.0
+) -> LossTerms:
     """The loss of a ``CCATrainee`` (or its DDP wrapper) on x in [0, 1]."""
     out = net(x, lmbda, mode, cca_weight)
     return LossTerms(out["loss"], *(out[k].item() for k in ("mse", "bpp", "y_bpp", "aux_bpp")))

@@ -62,9 +62,12 @@ def gaussian_bits(values: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor)
 def head(cin: int, cout: int, cfg: CCAConfig) -> nn.Sequential:
     """Three 3x3 convolutions with GELU between: cin -> context -> context_out -> cout."""
     return nn.Sequential(
-        conv(cin, cfg.context, 3), nn.GELU(), conv(cfg.context, cfg.context_out, 3), nn.GELU(),
+        conv(cin, cfg.context, 3),
+        nn.GELU(),
+        conv(cfg.context, cfg.context_out, 3),
+        nn.GELU(),
         conv(cfg.context_out, cout, 3),
-    )  # fmt: skip
+    )
 
 
 class SupportTransform(nn.Module):
@@ -147,17 +150,23 @@ class CCAModel(nn.Module):
         self.cfg = cfg
         w, r, n = cfg.widths, cfg.res_blocks, cfg.naf_blocks
         self.g_a = nn.Sequential(
-            conv(3, w[0], 5, 2), stage(w[0], r, n, naf_first=False),
-            conv(w[0], w[1], 5, 2), stage(w[1], r, n, naf_first=False),
-            conv(w[1], w[2], 5, 2), stage(w[2], r, n, naf_first=False),
+            conv(3, w[0], 5, 2),
+            stage(w[0], r, n, naf_first=False),
+            conv(w[0], w[1], 5, 2),
+            stage(w[1], r, n, naf_first=False),
+            conv(w[1], w[2], 5, 2),
+            stage(w[2], r, n, naf_first=False),
             conv(w[2], w[3], 5, 2),
-        )  # fmt: skip
+        )
         self.g_s = nn.Sequential(
-            deconv(w[3], w[2]), stage(w[2], r, n, naf_first=True),
-            deconv(w[2], w[1]), stage(w[1], r, n, naf_first=True),
-            deconv(w[1], w[0]), stage(w[0], r, n, naf_first=True),
+            deconv(w[3], w[2]),
+            stage(w[2], r, n, naf_first=True),
+            deconv(w[2], w[1]),
+            stage(w[1], r, n, naf_first=True),
+            deconv(w[1], w[0]),
+            stage(w[0], r, n, naf_first=True),
             deconv(w[0], 3),
-        )  # fmt: skip
+        )
         h, m = cfg.hyper, cfg.latent
         self.h_a = nn.Sequential(conv(m, h, 3), nn.GELU(), conv(h, h, 5, 2), nn.GELU(), conv(h, cfg.z_channels, 5, 2))
 
@@ -194,8 +203,17 @@ class CCAModel(nn.Module):
             y_hat = round_ste(y_i - mu) + mu
             decoded.append(y_hat + 0.5 * torch.tanh(self.lrp[i](torch.cat([support, y_hat], 1))))
         x_hat = self.g_s(torch.cat(decoded, 1))
-        return Forward(x_hat, y, y_slices, noisy, decoded, hyper_mean, hyper_scale,
-                       torch.stack(y_bits).sum(0), z_bits.sum((1, 2, 3)))  # fmt: skip
+        return Forward(
+            x_hat,
+            y,
+            y_slices,
+            noisy,
+            decoded,
+            hyper_mean,
+            hyper_scale,
+            torch.stack(y_bits).sum(0),
+            z_bits.sum((1, 2, 3)),
+        )
 
     def _rate_point(self, v: torch.Tensor, mean) -> torch.Tensor:
         """Where a rate is measured: v plus uniform noise in training, the coded value in eval."""

@@ -54,8 +54,12 @@ def serialize(model: CCAModel, lmbda: float) -> bytes:
     ztabs, zlows = tables.factorized_tables(model.z_density)
     tensors["ztab.packed"], tensors["ztab.lengths"] = tables.pack(ztabs)
     tensors["ztab.lows"] = zlows
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json(),
-                "lmbda": repr(float(lmbda))}  # fmt: skip
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_json(),
+        "lmbda": repr(float(lmbda)),
+    }
     return st_bytes(tensors, metadata)
 
 
