@@ -4,7 +4,8 @@ image with the quantized adapters (``codec.rpft.Adapted.adapted_bits``) plus the
 section's bytes, against the float model's bits without adapters. Real files: ``callic bench``.
 
 Each variant is ``name:key=value,...`` over ``codec.rpft.AdaptConfig`` fields (``steps``,
-``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``; ``aware=1``: RPFT's loss through
+``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``, ``stop_below`` (early stopping: ``steps``
+is then a budget; the row's ``steps`` say how many ran); ``aware=1``: RPFT's loss through
 calibration's corrections, ``codec.calibration_loss``); the variants run one after the
 other on each image, so load on the machine falls on all of them alike. Fine-tuning seconds are
 ``AdaptConfig``'s own clock (the T steps and the final estimate, not the rate estimate).
@@ -59,9 +60,10 @@ def parse_variant(text: str) -> tuple[str, AdaptConfig, int]:
         if key == "aware":
             aware = int(value)
             continue
-        if key not in ("steps", "layers", "lr", "max_patches", "b", "d", "e", "seed"):
+        if key not in ("steps", "layers", "lr", "max_patches", "b", "d", "e", "seed", "stop_below"):
             raise SystemExit(f"variant {name}: unknown setting {key!r}")
-        kwargs[key] = value if key == "layers" else float(value) if key in ("lr", "b", "d", "e") else int(value)
+        floats = ("lr", "b", "d", "e", "stop_below")
+        kwargs[key] = value if key == "layers" else float(value) if key in floats else int(value)
     return name, AdaptConfig(**kwargs), aware
 
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "adapted_bpsp": out.adapted_bits / subpixels,
                 "net_bpsp": (out.adapted_bits + 8 * len(section)) / subpixels,
                 "section_bytes": len(section),
+                "steps": out.steps,
                 "fine_tune_s": out.timings["fine_tune_s"],
                 "rate_estimate_s": out.timings["rate_estimate_s"],
             }

@@ -274,7 +274,7 @@ def encode_many(
     if worth:
         rgb = [learned_files[i].rgb for i in worth]
         for i, adapted in zip(worth, rpft.adapt(model.float_model(device), rgb, adapt), strict=True):
-            reports[i].steps = steps
+            reports[i].steps = adapted.steps
             learned_files[i].try_adapters(model, adapted, reports[i])
     out = []
     for i, report in enumerate(reports):

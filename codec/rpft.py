@@ -74,6 +74,7 @@ class AdaptConfig:
     seed: int = 0
     min_pixels: int = MIN_ADAPT_PIXELS
     layers: str = "all"  # what adapts: all, last (block and head) or head (see the module docstring)
+    stop_below: float = 0.0  # early stop (0: never, T steps exactly); see ``adapt``
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -88,6 +89,8 @@ class AdaptConfig:
             raise ValueError("max_patches must be >= 1")
         if self.layers not in LAYERS:
             raise ValueError(f"layers must be one of {LAYERS}")
+        if not 0 <= self.stop_below < 1:
+            raise ValueError("stop_below must be in [0, 1)")
 
     def first_block(self, depth: int) -> int:
         """The first adapted block of a model of ``depth`` blocks (``depth``: the head only)."""
@@ -110,6 +113,7 @@ class Adapted:
     base_bits: float
     adapted_bits: float  # image bits with the quantized adapters, adapter bits not included
     timings: dict[str, float]
+    steps: int = 0  # steps run: T, or fewer when ``AdaptConfig.stop_below`` stopped early
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -329,6 +333,12 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig, calibration: 
     ``calibration``: the scheme the coder will use (``codec.calibration``); with one, the loss and
     both estimates are the bits after its corrections (``codec.calibration_loss``).
 
+    ``cfg.steps`` is a budget when ``cfg.stop_below`` > 0: fine-tuning stops once every image's
+    estimated net gain (the bits its trained patches save, scaled to the whole image, less the
+    adapters' bits; from each step's own forward pass, so it costs nothing) grew by less than
+    ``stop_below`` of the image's bits over the last ``STOP_PATIENCE`` steps. Each ``Adapted``
+    says how many steps ran.
+
     The model's parameters are frozen (``requires_grad`` off) and it is put in eval mode.
     """
     device = model.head.weight.device
@@ -361,15 +371,26 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig, calibration: 
     start = time.perf_counter()
     adapters = ImageAdapters(model, cfg.spec, len(images))
     optimizer = torch.optim.Adam(adapters.trainable(first_block), lr=cfg.lr)
+    image_bits = torch.zeros(len(images), device=device).index_add_(0, batch.image, base)
+    gains: list[torch.Tensor] = []  # per step, each image's estimated net gain in bits
+    steps_run = 0
     for t in range(cfg.steps):
         optimizer.zero_grad(set_to_none=True)
         which = torch.cat([_selection(t, cfg, order) for order in orders])
         selected = 3 * torch.zeros(len(images), device=device).index_add_(
             0, batch.image[which], batch.mask[which].sum((1, 2)).float()
         )
-        _run(model, adapters, batch, which, passes, grad_scale=1.0 / selected, trunk=trunk, calibrated=calibrated)
-        (adapters.rate_bits(_step_seed(cfg, t)) / batch.subpixels).sum().backward()
+        bits = _run(
+            model, adapters, batch, which, passes, grad_scale=1.0 / selected, trunk=trunk, calibrated=calibrated
+        )
+        rate = adapters.rate_bits(_step_seed(cfg, t))
+        (rate / batch.subpixels).sum().backward()
         optimizer.step()
+        steps_run = t + 1
+        if cfg.stop_below:
+            gains.append(_net_gain(base, bits, which, batch.image, image_bits, rate.detach()))
+            if _plateaued(gains, image_bits, cfg.stop_below):
+                break
     with torch.no_grad():
         adapted = _run(model, adapters, batch, everything, passes, trunk=trunk, calibrated=calibrated)
     _sync(device)
@@ -380,9 +401,37 @@ def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig, calibration: 
             float(base[batch.patch_range(i)].sum()),
             float(adapted[batch.patch_range(i)].sum()),
             dict(timings),
+            steps_run,
         )
         for i in range(len(images))
     ]
+
+
+# Steps over which the gain must grow [choice: the random patch subsets make one step's estimate noisy].
+STOP_PATIENCE = 3
+
+
+def _net_gain(
+    base: torch.Tensor,
+    bits: torch.Tensor,
+    which: torch.Tensor,
+    image: torch.Tensor,
+    image_bits: torch.Tensor,
+    rate: torch.Tensor,
+) -> torch.Tensor:
+    """Each image's estimated net gain (bits): its trained patches' relative saving (``bits`` of
+    ``which`` against their ``base`` bits) applied to the whole image, less its adapters' ``rate``."""
+    img = image[which]
+    was = torch.zeros_like(image_bits).index_add_(0, img, base[which])
+    now = torch.zeros_like(image_bits).index_add_(0, img, bits)
+    return (was - now) / was.clamp_min(1.0) * image_bits - rate.to(image_bits.device)
+
+
+def _plateaued(gains: list[torch.Tensor], image_bits: torch.Tensor, stop_below: float) -> bool:
+    """Whether every image's gain grew by less than ``stop_below`` of its bits in ``STOP_PATIENCE`` steps."""
+    if len(gains) <= STOP_PATIENCE:
+        return False
+    return bool(((gains[-1] - gains[-1 - STOP_PATIENCE]) < stop_below * image_bits).all())
 
 
 def _sync(device: torch.device) -> None:

@@ -52,6 +52,7 @@ def adapt_config(
             max_patches=args.adapt_patches or None,
             spec=AdapterSpec(args.lora_rank, tuple(args.tucker_ranks)),
             min_pixels=args.adapt_min_pixels,
+            stop_below=args.adapt_stop_below,
         )
     except ValueError as exc:
         raise AdaptUsageError(str(exc)) from exc
@@ -75,6 +76,14 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"images with fewer pixels (height x width) are not adapted (default {MIN_ADAPT_PIXELS}, where "
         "adapters stop paying for their bits; 0: adapt every image)",
+    )
+    p.add_argument(
+        "--adapt-stop-below",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="stop fine-tuning early once the estimated gain grows by less than this share of the image's bits "
+        "in 3 steps (--steps is then a budget; default 0: run every step)",
     )
     p.add_argument("--lora-rank", type=int, default=DEFAULT_LORA_RANK)
     p.add_argument("--tucker-ranks", type=int, nargs=3, default=list(DEFAULT_TUCKER_RANKS), metavar=("R1", "R2", "R3"))

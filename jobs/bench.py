@@ -800,6 +800,7 @@ def main(args: argparse.Namespace) -> int:
         **({"workers": args.workers} if args.workers else {}),
         "repeat": args.repeat,
         **{k: getattr(args, k) for k in ("lr", "adapt_patches", "lora_rank", "tucker_ranks", "adapt_min_pixels")},
+        **({"adapt_stop_below": args.adapt_stop_below} if args.adapt_stop_below else {}),  # older runs resume
     }
     log = RowLog(Path(args.out), settings, args.resume)
     if args.workers:

@@ -273,3 +273,23 @@ def test_kept_trunk_features_give_what_recomputing_them_gives(image, tiny_model,
 def test_unknown_layers_are_refused():
     with pytest.raises(ValueError, match="layers"):
         AdaptConfig(layers="first")
+
+
+def test_steps_become_a_budget_with_early_stopping(image, tiny_model):
+    """``stop_below``: fine-tuning ends once the estimated gain stops growing by that share of the
+    image's bits over ``STOP_PATIENCE`` steps; 0 runs every step. The stopped adapters still make
+    a file that decodes exactly, and the report counts the steps that ran."""
+    from codec import rpft
+
+    net = tiny_model.float_model("cpu")
+    budget = dataclasses.replace(ADAPT, steps=12)
+    [full] = rpft.adapt(net, [image], budget)
+    assert full.steps == 12
+    never = dataclasses.replace(budget, stop_below=0.9)  # no step gains 90% of the image
+    [stopped] = rpft.adapt(net, [image], never)
+    assert stopped.steps == rpft.STOP_PATIENCE + 1
+    [(data, report)] = codec.api.encode_many([image], model=tiny_model, adapt=never, verify=True, **LEARNED)
+    assert report.steps == rpft.STOP_PATIENCE + 1
+    assert_same_pixels(codec.decode(data, model=tiny_model).pixels, image)
+    with pytest.raises(ValueError, match="stop_below"):
+        AdaptConfig(stop_below=-0.1)
