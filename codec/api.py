@@ -44,9 +44,8 @@ import numpy as np
 import torch
 
 from codec import adapters, fallback, learned, rpft
-from codec import calibration as calibration_section
 from codec.adapters import AdapterSet, merge
-from codec.container import HEAD, Container
+from codec.container import HEAD, Container  # noqa: F401 (HEAD re-exported)
 from codec.defaults import (
     CALIBRATION_SCHEMES,
     DEFAULT_ADAPT_PATCHES,
@@ -59,12 +58,11 @@ from codec.defaults import (
 from codec.defaults import patches_per_stream as default_patches_per_stream
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.exact import ExactMGCF
+from codec.fileformat import file_header, write_file
 from codec.header import (  # the HEAD section and info live in the torch-free codec.header
     CODER_CCA,  # noqa: F401 (re-exported)
     CODER_JXL,
     CODER_MGCF,
-    CODER_MODES,  # noqa: F401 (re-exported)
-    CODER_NAMES,
     CODER_ZLIB,
     DTYPE_CODES,  # noqa: F401 (re-exported)
     DTYPES,  # noqa: F401 (re-exported)
@@ -78,7 +76,9 @@ from codec.header import (  # the HEAD section and info live in the torch-free c
 )
 from codec.images import decode_transparency, from_pil, split_chunks
 from codec.mgcf import MGCF
-from codec.raster import Raster, hash_of_version, layout_problem, palette_problem, raster_hash
+from codec.raster import Raster, hash_of_version, layout_problem, palette_problem
+from codec.registry import coder as registered_coder
+from codec.report import EncodeReport
 from codec.rpft import AdaptConfig, Adapted
 from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
@@ -159,31 +159,6 @@ def load_model(model: str | None = None, device: str = "cpu") -> Model:
 def with_adapters(net: ExactMGCF, adapters: AdapterSet) -> ExactMGCF:
     """The exact model with an image's adapters merged into its integer weights."""
     return ExactMGCF(net.cfg, merge(net.cfg, net.t, adapters), net.luts, net.device)
-
-
-@dataclass
-class EncodeReport:
-    """What encoding one image did and how long each stage took (seconds; adaptation stages are
-    those of the whole batch the image was adapted in). Bits marked ``estimated`` come from the
-    float model's likelihoods, not from coded sizes.
-
-    ``learned_bytes`` and ``classical_bytes`` are the sizes of the two candidate files, None where
-    one was not coded (the learned one with ``coder="classical"`` or for an image it does not code,
-    the classical one with ``coder="learned"``); ``bytes`` is the kept one's."""
-
-    bytes: int = 0
-    coder: str = ""
-    steps: int = 0  # adaptation steps run for this image (paid for even when its file is not kept)
-    # "none" (not adapted), "kept" or "dropped". Adapters are kept when they are estimated to pay
-    # for their bits *and* the file with them is really smaller (the image is then coded twice,
-    # and the exact pass and coding times include both); "dropped" too when the classical file won.
-    adapters: str = "none"
-    adapter_bytes: int = 0
-    estimated_base_bits: float | None = None
-    estimated_adapted_bits: float | None = None  # image bits with adapters, adapter bits excluded
-    learned_bytes: int | None = None
-    classical_bytes: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def encode(
@@ -309,10 +284,11 @@ def _keep_smaller(
     if classical is not None:
         report.classical_bytes = len(classical[1])
     if learned_file is not None and (classical is None or len(learned_file.data) < len(classical[1])):
-        report.coder = CODER_NAMES[CODER_MGCF]
+        report.coder = registered_coder(CODER_MGCF).name
+        report.model_hash = learned_file.header.model_hash.hex()
         return learned_file.data
     assert classical is not None
-    report.coder = CODER_NAMES[classical[0]]
+    report.coder = registered_coder(classical[0]).name
     if report.adapters == "kept":
         report.adapters = "dropped"
     return classical[1]
@@ -351,8 +327,8 @@ def _classical_file(raster: Raster, effort: int, report: EncodeReport, clock: st
     else:
         coder, data = CODER_ZLIB, fallback.zlib_encode(pixels)
     report.timings[clock] = time.perf_counter() - start
-    header = _header(raster, coder, bytes(32), 0, 0)
-    return coder, _container(raster, header, data, alpha=None, section=None)
+    header = file_header(raster, coder, bytes(32), 0, 0)
+    return coder, write_file(raster, header, data, alpha=None, section=None)
 
 
 @dataclass
@@ -374,7 +350,7 @@ class _LearnedFile:
     ) -> _LearnedFile:
         pixels = raster.pixels
         alpha = fallback.jxl_encode(np.ascontiguousarray(pixels[..., 3]), effort) if raster.channels == 4 else None
-        header = _header(raster, CODER_MGCF, model.digest, model.exact.cfg.patch, per)
+        header = file_header(raster, CODER_MGCF, model.digest, model.exact.cfg.patch, per)
         out = cls(raster, np.ascontiguousarray(pixels[..., :3]), header, alpha, per, calibration)
         out.data = out._file(model.exact, None, report)
         return out
@@ -392,7 +368,7 @@ class _LearnedFile:
     def _file(self, net: ExactMGCF, section: bytes | None, report: EncodeReport) -> bytes:
         with torch.inference_mode():
             streams = learned.encode_rgb(self.rgb, net, self.per, timings=report.timings, calibration=self.calibration)
-        return _container(
+        return write_file(
             self.raster,
             self.header,
             _mgcf_payload(streams),
@@ -400,51 +376,6 @@ class _LearnedFile:
             section=section,
             calibration=self.calibration,
         )
-
-
-def _header(raster: Raster, coder: int, model_hash: bytes, patch: int, per: int) -> Header:
-    dtype = raster.pixels.dtype.name
-    return Header(
-        coder,
-        raster.height,
-        raster.width,
-        raster.channels,
-        dtype,
-        raster.mode,
-        raster_hash(raster),
-        model_hash,
-        patch,
-        per,
-    )
-
-
-def _container(
-    raster: Raster, header: Header, data: bytes, *, alpha: bytes | None, section: bytes | None, calibration: int = 0
-) -> bytes:
-    """The ``.cllc`` bytes: HEAD, ALPH (learned RGBA), PLTE, the ancillary metadata, ADPT, CALB
-    (a calibrated learned file), DATA."""
-    container = Container()
-    container.add(HEAD, header.to_bytes())
-    if alpha is not None:
-        container.add(b"ALPH", alpha)
-    if raster.palette is not None:
-        pm = (raster.palette_mode or "RGB").encode("ascii")
-        container.add(b"PLTE", bytes([len(pm)]) + pm + raster.palette)
-    for tag, value in (
-        (b"iccp", raster.icc_profile),
-        (b"exif", raster.exif),
-        (b"xmp ", raster.xmp),
-        (b"trns", raster.transparency),
-        (b"pngc", raster.png_chunks),
-    ):
-        if value:
-            container.add(tag, value)
-    if section is not None:
-        container.add(adapters.SECTION, section)  # before the image: the decoder merges first
-    if calibration:
-        container.add(calibration_section.SECTION, calibration_section.section(calibration))
-    container.add(b"DATA", data)
-    return container.to_bytes()
 
 
 # ---------------------------------------------------------------- decoding
@@ -469,51 +400,22 @@ def _split_streams(data: bytes, expected: int) -> list[bytes]:
     return out
 
 
-def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", lossy_model=None) -> Raster:
+def decode(data: bytes, *, model: Any = None, device: str = "cpu", lossy_model: Any = None) -> Raster:
     """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
-    made with), or a ``CallicError`` saying why not."""
+    made with), or a ``CallicError`` saying why not. ``model`` (and ``lossy_model``): loaded
+    models of any codec to use where the file names them; other models are found by hash."""
     header, container = read_header(data)
     shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
-    calibration = calibration_scheme(container)
-    if calibration and header.coder != CODER_MGCF:
-        coder = CODER_NAMES[header.coder]
-        raise CorruptFileError(f"a CALB section in a {coder} file (only the learned coder calibrates)")
-    payload = container.require(b"DATA")
-    dtype = np.dtype(header.dtype)
-    if header.coder == CODER_CCA:
-        from codec.lossy.api import decode_latents
-
-        pixels = decode_latents(header, payload, lossy_model, device)
-    elif header.coder == CODER_MGCF:
-        if header.dtype != "uint8" or header.channels not in (3, 4):
-            raise CorruptFileError("mgcf coder with a non 8-bit RGB(A) header")
-        if model is not None and model.digest == header.model_hash:
-            net = model.exact
-        else:
-            net = exact_model_by_hash(header.model_hash, device)
-        section = container.get(adapters.SECTION)
-        if section is not None:
-            try:
-                net = with_adapters(net, adapters.decode_section(net.cfg, section, net.luts["sigmoid"]))
-            except ValueError as exc:
-                raise CorruptFileError(f"adapters in the file do not fit the model: {exc}") from exc
-        if header.patch != net.cfg.patch or not 1 <= header.patches_per_stream <= MAX_PATCHES_PER_STREAM:
-            raise CorruptFileError(f"patch layout {header.patch}/{header.patches_per_stream} does not fit the model")
-        n = learned.stream_count(header.height, header.width, header.patch, header.patches_per_stream)
-        streams = _split_streams(payload, n)
-        with torch.inference_mode():
-            rgb = learned.decode_rgb(
-                streams, header.height, header.width, net, header.patches_per_stream, calibration=calibration
-            )
-        if header.channels == 4:
-            alpha = fallback.jxl_decode(container.require(b"ALPH"), (header.height, header.width), dtype)
-            pixels = np.concatenate([rgb, alpha[..., None]], axis=2)
-        else:
-            pixels = rgb
-    elif header.coder == CODER_JXL:
-        pixels = fallback.jxl_decode(payload, header.shape, dtype)
-    else:
-        pixels = fallback.zlib_decode(payload, header.shape, dtype)
+    coder = registered_coder(header.coder)
+    if calibration_scheme(container) and header.coder != CODER_MGCF:
+        raise CorruptFileError(f"a CALB section in a {coder.name} file (only the learned coder calibrates)")
+    if not coder.model and header.model_hash != bytes(32):
+        raise CorruptFileError(f"a {coder.name} file that names a model")
+    models = [m for m in (model, lossy_model) if m is not None]
+    pixels = coder.decode_pixels(header, container, container.require(b"DATA"), models, device)
+    if not isinstance(pixels, np.ndarray) or pixels.shape != header.shape or pixels.dtype != np.dtype(header.dtype):
+        got = f"{pixels.shape} {pixels.dtype}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
+        raise CorruptFileError(f"the {coder.name} decoder gave {got}, the file says {header.shape} {header.dtype}")
     raster = Raster(pixels, header.mode, **shown)
     if hash_of_version(raster, container.version) != header.pixel_hash:
         raise VerificationError(
@@ -521,6 +423,46 @@ def decode(data: bytes, *, model: Model | None = None, device: str = "cpu", loss
             + (" (pixels, mode, palette, transparency and metadata)" if container.version >= 2 else "")
         )
     return raster
+
+
+def decode_mgcf(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
+    """The learned coder's pixels (``codec.registry.PixelDecoder``): RGB from the streams, with the
+    file's adapters merged into the model first, and an RGBA file's alpha plane from ALPH."""
+    if header.dtype != "uint8" or header.channels not in (3, 4):
+        raise CorruptFileError("mgcf coder with a non 8-bit RGB(A) header")
+    loaded = next((m for m in models if isinstance(m, Model) and m.digest == header.model_hash), None)
+    net = loaded.exact if loaded is not None else exact_model_by_hash(header.model_hash, device)
+    section = container.get(adapters.SECTION)
+    if section is not None:
+        try:
+            net = with_adapters(net, adapters.decode_section(net.cfg, section, net.luts["sigmoid"]))
+        except ValueError as exc:
+            raise CorruptFileError(f"adapters in the file do not fit the model: {exc}") from exc
+    if header.patch != net.cfg.patch or not 1 <= header.patches_per_stream <= MAX_PATCHES_PER_STREAM:
+        raise CorruptFileError(f"patch layout {header.patch}/{header.patches_per_stream} does not fit the model")
+    n = learned.stream_count(header.height, header.width, header.patch, header.patches_per_stream)
+    streams = _split_streams(payload, n)
+    with torch.inference_mode():
+        rgb = learned.decode_rgb(
+            streams,
+            header.height,
+            header.width,
+            net,
+            header.patches_per_stream,
+            calibration=calibration_scheme(container),
+        )
+    if header.channels == 3:
+        return rgb
+    alpha = fallback.jxl_decode(container.require(b"ALPH"), (header.height, header.width), np.dtype(np.uint8))
+    return np.concatenate([rgb, alpha[..., None]], axis=2)
+
+
+def decode_jxl(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
+    return fallback.jxl_decode(payload, header.shape, np.dtype(header.dtype))
+
+
+def decode_zlib(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
+    return fallback.zlib_decode(payload, header.shape, np.dtype(header.dtype))
 
 
 def _shown_facts(container: Container, mode: str) -> dict[str, Any]:

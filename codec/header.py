@@ -6,7 +6,8 @@ container, the raster mode table and numpy, never torch or Ray.
 
 HEAD payload (little-endian)::
 
-    u8 coder (1 mgcf, 2 jxl, 3 zlib, 4 cca: lossy) | u32 height | u32 width | u8 channels | u8 dtype code
+    u8 coder (1 mgcf, 2 jxl, 3 zlib, 4 cca: lossy; ``codec.registry``) | u32 height | u32 width
+    u8 channels | u8 dtype code
     u8 len + mode (ASCII) | 32 B hash of the image | 32 B SHA-256 of the model file (zeros unless
     mgcf or cca) | u16 patch | u16 patches per stream
 """
@@ -18,12 +19,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from codec import registry
 from codec.container import HEAD, Container, parse
 from codec.errors import CorruptFileError, UnsupportedError
-from codec.raster import MODES, layout_problem
+from codec.raster import layout_problem
 
+# The ids of this package's coders (``codec.registry`` holds what each one is).
 CODER_MGCF, CODER_JXL, CODER_ZLIB, CODER_CCA = 1, 2, 3, 4
-CODER_NAMES = {CODER_MGCF: "mgcf", CODER_JXL: "jxl-lossless", CODER_ZLIB: "zlib", CODER_CCA: "cca"}
 DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 _ITEMSIZE = {"bool": 1, "uint8": 1, "uint16": 2, "int32": 4, "float32": 4}
@@ -36,8 +38,6 @@ CALIBRATION_SECTION = b"CALB"
 KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", ADAPTERS_SECTION, CALIBRATION_SECTION})
 MAX_CHANNELS = 16
 KNOWN_CALIBRATION_SCHEMES = (1,)  # codec.calibration.SCHEME; a test keeps them equal
-# The modes a coder can write (the learned and lossy coders only code RGB).
-CODER_MODES = {CODER_MGCF: ("RGB", "RGBA"), CODER_CCA: ("RGB",), CODER_JXL: tuple(MODES), CODER_ZLIB: tuple(MODES)}
 # Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
 # claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
 MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))
@@ -80,7 +80,8 @@ class Header:
             ph, mh, patch, per = _TAIL.unpack_from(data, tail)
         except (struct.error, IndexError, ValueError, UnicodeDecodeError) as exc:
             raise CorruptFileError("malformed HEAD section") from exc
-        if coder not in CODER_NAMES:
+        known = registry.find_coder(coder)
+        if known is None:
             raise UnsupportedError(f"unknown coder id {coder}")
         if dt not in DTYPES:
             raise CorruptFileError(f"unknown sample type {dt}")
@@ -94,8 +95,8 @@ class Header:
         problem = layout_problem(mode, DTYPES[dt], c)
         if problem is not None:
             raise CorruptFileError(f"HEAD: {problem}")
-        if mode not in CODER_MODES[coder]:
-            raise CorruptFileError(f"HEAD: coder {CODER_NAMES[coder]} does not code {mode} images")
+        if known.modes and mode not in known.modes:
+            raise CorruptFileError(f"HEAD: coder {known.name} does not code {mode} images")
         return cls(coder, h, w, c, DTYPES[dt], mode, ph, mh, patch, per)
 
     @property
@@ -130,7 +131,8 @@ def info(data: bytes) -> dict[str, Any]:
     ``bits_per_pixel`` (bpp, as lossy codecs are compared), never both; ``lossy`` says which.
     """
     header, container = read_header(data)
-    lossy = header.coder == CODER_CCA
+    coder = registry.coder(header.coder)
+    lossy = coder.lossy
     pixels = header.height * header.width
     rate = (
         {"bits_per_pixel": 8 * len(data) / pixels}
@@ -138,7 +140,7 @@ def info(data: bytes) -> dict[str, Any]:
         else {"bits_per_subpixel": 8 * len(data) / (pixels * header.channels)}
     )
     return {
-        "coder": CODER_NAMES[header.coder],
+        "coder": coder.name,
         "width": header.width,
         "height": header.height,
         "channels": header.channels,
@@ -148,7 +150,7 @@ def info(data: bytes) -> dict[str, Any]:
         "bytes": len(data),
         **rate,
         "pixel_sha256": header.pixel_hash.hex(),
-        "model_sha256": header.model_hash.hex() if header.coder in (CODER_MGCF, CODER_CCA) else None,
+        "model_sha256": header.model_hash.hex() if coder.model else None,
         "lossy": lossy,
         "patch": header.patch or None,
         "patches_per_stream": header.patches_per_stream or None,

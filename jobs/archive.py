@@ -8,7 +8,6 @@ say why), 11 the Ray cluster cannot host the workers.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import codec
+from codec import registry
 from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS, JXL_EFFORTS, MIN_ADAPT_PIXELS
 from codec.errors import CallicError
-from jobs.archivecodec import CODECS, ArchiveCodecFactory, CodecSettings
+from jobs.archivecodec import DEFAULT_CODEC, ArchiveCodecFactory, CodecSettings, check_pinned, open_encoder
 from jobs.imagefiles import IMAGE_SUFFIXES
 from pipeline import cluster, driver, events, job, manifest, progress, restore, status
 from pipeline.storage import MAX_SOURCE_BYTES, READ_TIMEOUT_S, Store, redact
@@ -160,13 +160,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         lossy_model or args.lossy_model,
         jxl_effort=args.jxl_effort,
     )
-    with progress.phase("loading the model", _show_progress(args)):  # the workers load it again as they start
-        model_hash = codec.load_model(args.model).digest.hex()
-    if settings.codec == "cca":  # fail before the job exists; workers load the same file and check its hash
-        from codec.lossy.api import load_lossy_model
-
-        digest = load_lossy_model(settings.lossy_model, settings.quality).digest.hex()
-        settings = dataclasses.replace(settings, lossy_model_hash=digest)
+    # Fail before the job exists; the workers load the same files and check their hashes.
+    with progress.phase("loading the model", _show_progress(args)):
+        models = open_encoder(settings, "cpu").fingerprint()
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
         job_id=job_id,
@@ -177,7 +173,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
         pack=pack,
         verify=not args.no_verify,
         max_attempts=args.max_attempts,
-        model_hash=model_hash,
+        model_hash=models.get("model", ""),
+        models=models,
         code_version=_code_version(),
         n_images=len(items),
         n_shards=(len(items) + args.shard_size - 1) // args.shard_size,
@@ -209,7 +206,7 @@ def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSetting
         spec,
         src,
         job_store,
-        ArchiveCodecFactory(settings),
+        ArchiveCodecFactory(settings, spec.models or None),
         tasks,
         args.workers,
         args.gpus_per_worker,
@@ -225,11 +222,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     spec, _ = job.load(job_store)
     settings = CodecSettings(**spec.codec)
     with progress.phase("loading the model", _show_progress(args)):
-        digest = codec.load_model(settings.model).digest.hex()
-    if digest != spec.model_hash:
-        raise job.JobError(
-            f"job {spec.job_id} was archived with model {spec.model_hash[:16]}, this installation has {digest[:16]}"
-        )
+        found = open_encoder(settings, "cpu").fingerprint()
+    try:  # a spec from before ``models`` pins the learned model (and a cca job its lossy_model_hash)
+        check_pinned(found, spec.models or {"model": spec.model_hash}, f"job {spec.job_id}")
+    except CallicError as exc:
+        raise job.JobError(f"{exc}: it was archived with other models than this installation has") from None
     job_store.check_writable()
     src = Store(spec.src, options)
     return _run(job_store, spec, src, settings, args)
@@ -334,11 +331,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--job-id", help="job name (default: date-time-random)")
     p.add_argument(
         "--codec",
-        choices=CODECS,
-        default="auto",
-        help="auto (default): 8-bit RGB(A) coded with the learned coder and JPEG-XL lossless, the smaller file "
-        "kept (never larger than JPEG-XL); callic: the learned coder always; cca: lossy for 8-bit RGB, the rest "
-        "as auto",
+        choices=registry.codec_names(),
+        default=DEFAULT_CODEC,
+        help="; ".join(
+            f"{e.name}{' (default)' if e.name == DEFAULT_CODEC else ''}: {e.help}" for e in registry.codec_entries()
+        ),
     )
     p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
     p.add_argument("--lossy-model", help="cca: a model file instead of a shipped rate point")

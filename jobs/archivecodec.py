@@ -41,32 +41,33 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import codec
-from codec import fallback, sourcecheck
+from codec import registry, sourcecheck
 from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS
 from codec.errors import ImageReadError, UnsupportedError, VerificationError
 from codec.images import InexactReadError, read_image, write_image_bytes
-from codec.raster import Raster, hash_of_version, raster_hash
+from codec.raster import Raster, hash_of_version
 from pipeline.items import Encoded, Resources
 
 if TYPE_CHECKING:  # codec.api imports torch: only the workers need it, not ``callic archive --help``
-    from codec.api import EncodeReport
+    from codec.registry import Encoder
+    from codec.report import EncodeReport
 
-# A coded image: its file, the encoder's report, encode seconds, and (lossy only) the PSNR.
-Coded = tuple[bytes, "EncodeReport", float, float | None]
+# A coded image: its file, the encoder's report, and its encode seconds.
+Coded = tuple[bytes, "EncodeReport", float]
 
 WRITABLE = {"PNG", "TIFF", "PPM", "BMP"}
-CODECS = ("auto", "callic", "cca")  # the first is the default
-# The ``coder`` of ``codec.api.encode`` for the lossless images of each codec choice.
-LOSSLESS_CODER = {"auto": "auto", "callic": "learned", "cca": "auto"}
+DEFAULT_CODEC = "auto"
 
 
 @dataclass(frozen=True)
 class CodecSettings:
-    """Everything the job spec records about coding (``JobSpec.codec``). A spec written by an
-    older version lacks the newer fields (``jxl_effort``): they load with their defaults, which
-    are what that version did."""
+    """Everything the job spec records about coding (``JobSpec.codec``): the codec's name, the
+    job's own choices (``batch``, ``jpeg``), and the fields of every codec's settings side by
+    side (each codec takes its own, ``codec.settings.Settings.pick``). A spec written by an older
+    version lacks the newer fields (``jxl_effort``): they load with their defaults, which are what
+    that version did."""
 
-    codec: str = "auto"
+    codec: str = DEFAULT_CODEC
     steps: int = DEFAULT_STEPS
     adapt_patches: int = DEFAULT_ADAPT_PATCHES
     model: str | None = None  # a model file; None = the shipped default
@@ -74,45 +75,43 @@ class CodecSettings:
     jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
     quality: int | None = None  # cca: the shipped rate point (None: the highest)
     lossy_model: str | None = None  # cca: a model file instead of a shipped rate point
-    lossy_model_hash: str | None = None  # cca: the model the job was started with (resume checks it)
+    lossy_model_hash: str | None = None  # cca, specs before ``JobSpec.models``: the pinned model
     jxl_effort: int = DEFAULT_JXL_EFFORT  # libjxl effort of the JPEG-XL lossless files (1..10)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-class ArchiveCodec:
-    """``pipeline.items.ItemCodec`` for callic: built once per worker process."""
+def open_encoder(settings: CodecSettings, device: str) -> Encoder:
+    """The job's codec (``codec.registry``) opened with its settings: its models loaded."""
+    chosen = registry.codec(settings.codec)
+    return chosen.open(chosen.settings_type.pick(settings.to_dict()), device)
 
-    def __init__(self, settings: CodecSettings, resources: Resources) -> None:
+
+def check_pinned(found: dict[str, str], pinned: dict[str, str], job: str = "the job") -> None:
+    """``UnsupportedError`` unless the models an encoder codes with are those a job pinned."""
+    wrong = [f"{k} {pinned[k][:16]} (here: {found.get(k, 'none')[:16]})" for k in pinned if found.get(k) != pinned[k]]
+    if wrong:
+        raise UnsupportedError(f"{job} needs {', '.join(wrong)}")
+
+
+class ArchiveCodec:
+    """``pipeline.items.ItemCodec`` for callic: built once per worker process. What a file is
+    coded with is the job's codec (``codec.registry``); this class knows no codec by name."""
+
+    def __init__(self, settings: CodecSettings, resources: Resources, pinned: dict[str, str] | None = None) -> None:
         import torch
 
-        from codec.rpft import AdaptConfig
         from jobs.runtime import setup_torch
 
-        if settings.codec not in CODECS:
-            raise UnsupportedError(f"codec {settings.codec!r} is not available (choose from {', '.join(CODECS)})")
-        try:
-            fallback.check_jxl_effort(settings.jxl_effort)
-        except ValueError as exc:
-            raise UnsupportedError(str(exc)) from None
         device = resources.device if resources.device == "cpu" or torch.cuda.is_available() else "cpu"
         setup_torch(resources.threads, device)
         self.settings, self.device = settings, device
-        self.model = codec.load_model(settings.model, device=device)
-        self.cpu_model = self.model if device == "cpu" else codec.load_model(settings.model, device="cpu")
-        self.model_hash = self.model.digest.hex()
+        self.encoder = open_encoder(settings, device)
+        fingerprint = self.encoder.fingerprint()
+        check_pinned(fingerprint, pinned or {})
+        self.model_hash = fingerprint.get("model", "")
         self.batch_size = settings.batch or (8 if device == "cuda" else 1)
-        self.adapt = (
-            AdaptConfig(steps=settings.steps, max_patches=settings.adapt_patches or None) if settings.steps else None
-        )
-        self.lossy = None
-        if settings.codec == "cca":
-            from codec.lossy.api import load_lossy_model
-
-            self.lossy = load_lossy_model(settings.lossy_model, settings.quality, device)
-            if settings.lossy_model_hash and self.lossy.digest.hex() != settings.lossy_model_hash:
-                raise UnsupportedError(f"the job needs lossy model {settings.lossy_model_hash[:16]}")
 
     # ------------------------------------------------------------------ archive
 
@@ -189,67 +188,29 @@ class ArchiveCodec:
         return Encoded(blob, ".jxl", fields)
 
     def _code(self, rasters: list[Raster], verify: bool) -> list[Coded]:
-        if self.lossy is not None:
-            lossy = [i for i, r in enumerate(rasters) if r.mode == "RGB" and r.pixels.dtype == np.uint8]
-            out: list = [None] * len(rasters)
-            for i in lossy:
-                out[i] = self._code_lossy(rasters[i], verify)
-            rest = [i for i in range(len(rasters)) if out[i] is None]
-            for i, coded in zip(rest, self._code_lossless([rasters[i] for i in rest], verify), strict=True):
-                out[i] = coded
-            return out
-        return self._code_lossless(rasters, verify)
-
-    def _code_lossy(self, raster: Raster, verify: bool) -> Coded:
-        """The lossy file and the PSNR of its reconstruction: the pixels it decodes to (its stored
-        hash, which a restore checks, is theirs), so no second decode is needed to measure it."""
-        from codec.api import EncodeReport
-        from codec.lossy.api import encode_lossy_with_reconstruction
-        from jobs.quality import psnr
-
-        timings: dict[str, float] = {}
-        blob, recon = encode_lossy_with_reconstruction(raster, model=self.lossy, verify=verify, timings=timings)
-        report = EncodeReport(bytes=len(blob), coder="cca", timings=timings)
-        return blob, report, timings["encode_s"], psnr(raster.pixels, recon)
-
-    def _code_lossless(self, rasters: list[Raster], verify: bool) -> list[Coded]:
-        """The ``.cllc`` files of a batch: ``codec.api.encode_many`` with the job's coder choice
-        (``auto``: the smaller of the learned and the JPEG-XL file; ``callic``: the learned one)."""
-        from codec.api import encode_many
-
-        if not rasters:
-            return []
+        """The files of a batch, each with its share of the batch's seconds (verifying excluded)."""
         start = time.perf_counter()
-        pairs = encode_many(
-            rasters,
-            model=self.model,
-            device=self.device,
-            adapt=self.adapt,
-            verify=verify,
-            coder=LOSSLESS_CODER[self.settings.codec],
-            jxl_effort=self.settings.jxl_effort,
-        )
-        share = (time.perf_counter() - start) / len(rasters)
-        return [(blob, report, share - report.timings.get("verify_s", 0.0), None) for blob, report in pairs]
+        pairs = self.encoder.encode_many(rasters, verify=verify)
+        share = (time.perf_counter() - start) / max(1, len(rasters))
+        return [(blob, report, share - report.timings.get("verify_s", 0.0)) for blob, report in pairs]
 
     def _fields(self, coded: Coded, raster: Raster, fmt: str) -> Encoded:
-        blob, report, encode_s, psnr = coded
-        learned = report.coder == "mgcf"
-        lossy = report.coder == "cca"
+        blob, report, encode_s = coded
+        coder = registry.coder_named(report.coder)
         fields = {
             **_pixel_fields(raster),
-            "codec": "callic" if learned else report.coder,
+            "codec": coder.shown_name,
             "format": fmt,
-            "bpsp": None if lossy else 8 * len(blob) / raster.pixels.size,  # lossy rows: bpp and psnr
-            "steps": report.steps if learned else 0,
+            "bpsp": None if coder.lossy else 8 * len(blob) / raster.pixels.size,  # lossy rows: bpp and psnr
+            "steps": report.steps if report.model_hash else 0,  # the kept file's fine-tuning
             "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
             "verify_s": report.timings.get("verify_s"),
-            "pixel_hash": codec.info(blob)["pixel_sha256"] if lossy else raster_hash(raster).hex(),
-            "model_hash": self.model_hash if learned else self.lossy.digest.hex() if lossy else None,
+            "pixel_hash": codec.info(blob)["pixel_sha256"],  # for a lossy file, its reconstruction's
+            "model_hash": report.model_hash,
         }
-        if lossy:  # the lossy units: bits per pixel, and the PSNR of what a restore gives back
-            fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=psnr)
+        if coder.lossy:  # the lossy units: bits per pixel, and the PSNR of what a restore gives back
+            fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=report.psnr)
         return Encoded(blob, ".cllc", fields)
 
     # ------------------------------------------------------------------ restore
@@ -260,7 +221,7 @@ class ArchiveCodec:
             if hashlib.sha256(data).hexdigest() != row["source_sha256"]:
                 raise VerificationError(f"{row['source_key']}: restored bytes do not match the source's SHA-256")
             return data
-        raster = codec.decode(blob, model=self.cpu_model if self.device == "cpu" else self.model)
+        raster = self.encoder.decode(blob)
         # The manifest holds the hash of the blob's format version: v1 of the pixels, v2 of the image.
         version = codec.info(blob)["format_version"]
         if hash_of_version(raster, version).hex() != row["pixel_hash"]:
@@ -310,6 +271,7 @@ class ArchiveCodecFactory:
     """Picklable: travels to every Ray worker, which calls it once."""
 
     settings: CodecSettings
+    pinned: dict[str, str] | None = None  # ``JobSpec.models``: what every worker must code with
 
     def __call__(self, resources: Resources) -> ArchiveCodec:
-        return ArchiveCodec(self.settings, resources)
+        return ArchiveCodec(self.settings, resources, self.pinned)

@@ -192,7 +192,9 @@ def build_codecs(
     variants: Sequence[Variant] = (Variant(0),),
     adapt_for: Callable[[Variant], Any] = lambda v: None,
 ) -> tuple[list[Codec], str | None]:
-    """The selected codecs in the order given; the model is only loaded when callic is among them."""
+    """The selected codecs in the order given; the model is only loaded when callic is among them.
+    A name that is neither callic nor an anchor is a ``codec.registry`` codec, with its default
+    settings (and ``model_path`` for its model, if it has one)."""
     anchors = anchor_codecs(threads)
     codecs, model_hash = [], None
     for name in names:
@@ -202,9 +204,35 @@ def build_codecs(
             model = codec.api.load_model(model_path, device)
             model_hash = model.digest.hex()
             codecs += [callic_codec(model, device, adapt_for(v), v.name, v.calibration) for v in variants]
-        else:
+        elif name in anchors:
             codecs.append(anchors[name])
+        else:
+            codecs.append(registered_codec(name, model_path, device))
     return codecs, model_hash
+
+
+def registered_codec(name: str, model_path: str | None, device: str) -> Codec:
+    """A ``codec.registry`` codec under test, opened once, at T = 0 (the bench's variants are
+    callic's): what ``callic archive --codec NAME`` would store, and its decoder."""
+    from codec import registry
+    from codec.raster import Raster
+
+    chosen = registry.codec(name)
+    encoder = chosen.open(chosen.settings_type.pick({"model": model_path, "steps": 0}), device)
+
+    def encode(pixels: np.ndarray) -> bytes:
+        return encoder.encode_many([Raster.from_array(pixels)], verify=False)[0][0]
+
+    return Codec(name, encode, lambda data: encoder.decode(data).pixels)
+
+
+def bench_codec_names() -> tuple[str, ...]:
+    """What ``--codecs`` takes: callic (with its variants), the anchors, and every lossless codec
+    of ``codec.registry`` (``auto``: the file ``callic archive`` keeps)."""
+    from codec import registry
+
+    extra = [e.name for e in registry.codec_entries() if not e.lossy and e.name not in CODEC_NAMES]
+    return (*CODEC_NAMES, *extra)
 
 
 def model_digest(model_path: str | None) -> str:
@@ -220,10 +248,10 @@ def comma_list(text: str) -> list[str]:
 
 def parse_codecs(text: str) -> list[str]:
     """``--codecs a,b``: known names, no repeats, order kept (it is the tables' column order)."""
-    names = comma_list(text)
-    unknown = [n for n in names if n not in CODEC_NAMES]
+    names, known = comma_list(text), bench_codec_names()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown codec {', '.join(unknown) or '(none)'}; use {','.join(CODEC_NAMES)}")
+        raise argparse.ArgumentTypeError(f"unknown codec {', '.join(unknown) or '(none)'}; use {','.join(known)}")
     return names
 
 

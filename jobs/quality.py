@@ -9,19 +9,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from codec.lossy.codec import psnr
+
+__all__ = ["ms_ssim", "psnr"]
+
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MIN_SIDE = 176  # 11 pixels at the fifth scale
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def _window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

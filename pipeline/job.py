@@ -66,7 +66,7 @@ class JobSpec:
     pack: bool
     verify: bool
     max_attempts: int
-    model_hash: str
+    model_hash: str  # the learned model's SHA-256 (hex); ``models`` has it too, where it exists
     code_version: str
     n_images: int = 0
     n_shards: int = 0
@@ -75,6 +75,9 @@ class JobSpec:
     sources: str = SOURCES  # the file under the job folder listing the sources
     max_source_bytes: int = MAX_SOURCE_BYTES  # larger sources are failed rows
     read_timeout_s: float = READ_TIMEOUT_S  # per object-store read attempt
+    # The codec's fingerprint (``codec.registry.Encoder``): every model it codes with, by SHA-256;
+    # workers and ``resume`` refuse others. Empty in specs written before it existed.
+    models: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Whoever builds a spec, what is stored and printed from it carries no credentials.
@@ -91,6 +94,8 @@ class JobSpec:
         spec = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
         if not isinstance(spec.sources, str) or not SOURCES_NAME.match(spec.sources):
             raise JobError(f"job {spec.job_id}: {SPEC} names {spec.sources!r} as its sources list")
+        if not isinstance(spec.models, dict) or not all(isinstance(v, str) for v in spec.models.values()):
+            raise JobError(f"job {spec.job_id}: {SPEC} has models {spec.models!r}: not a map of names to hashes")
         limits = (spec.max_source_bytes, spec.read_timeout_s)
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits):
             raise JobError(f"job {spec.job_id}: {SPEC} has source limits {limits}: they must be positive numbers")

@@ -4,7 +4,7 @@ Failures are told apart by what ``resume`` does with them: ``failed_permanent`` 
 itself: unreadable, truncated, unsupported...; only ``resume --retry-failed`` retries them),
 ``failed_retryable`` (storage, timeout, lost worker, with attempts left: ``resume`` retries them)
 and ``failed_out_of_attempts`` (retryable, but ``max_attempts`` used). Sizes are given per kind
-of file in its own unit: lossless files in bits per subpixel, lossy (``cca``) ones in bits per
+of file in its own unit: lossless files in bits per subpixel, lossy (``cca``: ``codec.registry``) ones in bits per
 pixel with their mean PSNR.
 """
 
@@ -14,10 +14,9 @@ import math
 from collections import Counter
 from typing import Any
 
+from codec.registry import lossy_labels
 from pipeline import job, manifest
 from pipeline.storage import Store
-
-LOSSY_CODECS = ("cca",)
 
 
 def job_status(store: Store) -> dict[str, Any]:
@@ -54,8 +53,9 @@ def job_status(store: Store) -> dict[str, Any]:
             permanent += 1
         elif (r["attempt"] or 1) < spec.max_attempts:
             retry += 1
-    lossless = _sizes([r for r in ok_rows if r["codec"] not in LOSSY_CODECS], lossy=False)
-    lossy = _sizes([r for r in ok_rows if r["codec"] in LOSSY_CODECS], lossy=True)
+    lossy_codecs = lossy_labels()  # what the manifest calls lossy files (``codec.registry``)
+    lossless = _sizes([r for r in ok_rows if r["codec"] not in lossy_codecs], lossy=False)
+    lossy = _sizes([r for r in ok_rows if r["codec"] in lossy_codecs], lossy=True)
     source_bytes = lossless["source_bytes"] + lossy["source_bytes"]
     stored_bytes = lossless["stored_bytes"] + lossy["stored_bytes"]
     times = rows["time"].to_pylist() if rows.num_rows else []

@@ -219,7 +219,8 @@ def test_lossy_job_codes_rgb_with_cca_and_everything_else_losslessly(
     # The lossless rest as with --codec auto: RGBA the smaller of the learned and the JPEG-XL file.
     assert rows["rgba.png"]["codec"] in ("callic", "jxl-lossless") and rows["gray.png"]["codec"] == "jxl-lossless"
     spec = json.loads((dst / "l" / "job.json").read_text())
-    assert spec["codec"]["lossy_model_hash"] == rows["rgb/a.png"]["model_hash"]
+    # The job pins both models it codes with (``JobSpec.models``: workers and resume refuse others).
+    assert spec["models"] == {"model": spec["model_hash"], "lossy_model": rows["rgb/a.png"]["model_hash"]}
     assert run("restore", str(dst / "l"), str(out), "--model", str(tiny_model_path)) == 0
     corpus.check_restored(root, out, {k: v for k, v in kinds.items() if k not in lossy})  # exact
     for key in lossy:  # the reconstruction the file names, in the source's format and size

@@ -18,11 +18,11 @@ from PIL import Image
 
 import codec
 import codec.api
-from codec import fallback, rpft
+from codec import fallback, registry, rpft
 from codec.defaults import DEFAULT_JXL_EFFORT, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.images import read_image
 from codec.rpft import AdaptConfig
-from jobs.archivecodec import CODECS, ArchiveCodec, CodecSettings
+from jobs.archivecodec import ArchiveCodec, CodecSettings
 from pipeline.items import Resources
 from tests.conftest import assert_same_pixels
 
@@ -238,7 +238,7 @@ def _archive_one(settings: CodecSettings, pixels: np.ndarray) -> tuple:
 @pytest.mark.parametrize(("choice", "kept"), [("auto", "jxl-lossless"), ("callic", "callic"), ("cca", "jxl-lossless")])
 def test_archive_codec_choices(settings, choice, kept):
     """auto keeps JPEG-XL for noise; callic forces the learned coder; cca codes RGBA (not lossy) as auto."""
-    assert CODECS[0] == "auto" and CodecSettings().codec == "auto"
+    assert registry.codec_names()[0] == "auto" and CodecSettings().codec == "auto"
     enc, restored = _archive_one(dataclasses.replace(settings, codec=choice, steps=0), NOISE_RGBA)
     assert enc.fields["codec"] == kept
     assert_same_pixels(restored, NOISE_RGBA)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from codec.container import HEAD, Container
-from codec.errors import ModelNotFoundError, UnsupportedError, VerificationError
+from codec.errors import CorruptFileError, ModelNotFoundError, UnsupportedError, VerificationError
 from codec.lossy import coding
 from codec.lossy.weights import file_name, load_model_file, parse_model
 from codec.raster import Raster, raster_hash
@@ -113,11 +113,12 @@ def encode_lossy_with_reconstruction(
     return out, recon
 
 
-def decode_latents(header, payload: bytes, model: coding.LossyModel | None, device: str) -> np.ndarray:
+def decode_cca(header, container, payload: bytes, models, device: str) -> np.ndarray:
+    """The lossy coder's reconstruction (``codec.registry.PixelDecoder``), with the loaded lossy
+    model the file names if the caller has it, else the installed one of that hash."""
     if header.dtype != "uint8" or header.channels != 3:
-        from codec.errors import CorruptFileError
-
         raise CorruptFileError("cca coder with a non 8-bit RGB header")
-    if model is None or model.digest != header.model_hash:
+    model = next((m for m in models if isinstance(m, coding.LossyModel) and m.digest == header.model_hash), None)
+    if model is None:
         model = lossy_model_by_hash(header.model_hash, device)
     return coding.decode(model, payload, header.height, header.width)
