@@ -24,13 +24,15 @@ from codec.errors import (
 )
 
 if TYPE_CHECKING:
-    from codec.api import decode, encode, load_model
+    from codec.api import encode, load_model
     from codec.header import info
     from codec.raster import Raster
+    from codec.reading import decode
 
-# name -> the module that defines it; only ``codec.api`` imports torch.
+# name -> the module that defines it; only ``codec.api`` imports torch (``decode`` imports it
+# only for a file of the learned or the lossy coder).
 _LAZY = {
-    "decode": "codec.api",
+    "decode": "codec.reading",
     "encode": "codec.api",
     "load_model": "codec.api",
     "info": "codec.header",

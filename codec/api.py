@@ -1,4 +1,5 @@
-"""``encode`` / ``decode`` / ``info``: arrays in, bytes out, and back, bit for bit.
+"""``encode`` / ``decode`` / ``info``: arrays in, bytes out, and back, bit for bit (``decode``
+is ``codec.reading``'s, ``info`` ``codec.header``'s; the learned coder's decoder is here).
 
 Which coder runs is decided by the image (and named in the file's HEAD section):
 
@@ -28,7 +29,7 @@ bits, and before DATA: the decoder merges them into the model first), DATA (the 
 mgcf ``u32 n | n x u32 lengths | streams``), ALPH,
 PLTE (``u8 len + palette mode | entries``), and the ancillary ``iccp``, ``exif``, ``xmp ``,
 ``trns`` and ``pngc`` (a PNG's other metadata chunks, ``codec.images``) carried through to the
-restored file. Decoding checks sizes before allocating, that the
+restored file. Decoding (``codec.reading``) checks sizes before allocating, that the
 mode fits the pixels (``codec.raster.MODES``), the palette and the transparency, and the hash after
 decoding: it returns the original image or raises.
 """
@@ -56,9 +57,9 @@ from codec.defaults import (
     MIN_ADAPT_PIXELS,  # noqa: F401 (re-exported)
 )
 from codec.defaults import patches_per_stream as default_patches_per_stream
-from codec.errors import CorruptFileError, UnsupportedError, VerificationError
+from codec.errors import CorruptFileError
 from codec.exact import ExactMGCF
-from codec.fileformat import file_header, write_file
+from codec.fileformat import as_raster, check_encodable, file_header, write_file  # noqa: F401 (re-exported)
 from codec.header import (  # the HEAD section and info live in the torch-free codec.header
     CODER_CCA,  # noqa: F401 (re-exported)
     CODER_JXL,
@@ -67,16 +68,14 @@ from codec.header import (  # the HEAD section and info live in the torch-free c
     DTYPE_CODES,  # noqa: F401 (re-exported)
     DTYPES,  # noqa: F401 (re-exported)
     KNOWN_CRITICAL,  # noqa: F401 (re-exported)
-    MAX_CHANNELS,
-    MAX_PIXEL_BYTES,
     Header,
     calibration_scheme,
     info,  # noqa: F401 (re-exported)
-    read_header,
+    read_header,  # noqa: F401 (re-exported)
 )
-from codec.images import decode_transparency, from_pil, split_chunks
 from codec.mgcf import MGCF
-from codec.raster import Raster, hash_of_version, layout_problem, palette_problem
+from codec.raster import Raster
+from codec.reading import decode  # noqa: F401 (re-exported: codec.api.decode)
 from codec.registry import coder as registered_coder
 from codec.report import EncodeReport
 from codec.rpft import AdaptConfig, Adapted
@@ -94,37 +93,6 @@ ADAPT_REACH = 0.10
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def _as_raster(image: Any) -> Raster:
-    if isinstance(image, Raster):
-        return image
-    if isinstance(image, np.ndarray):
-        return Raster.from_array(image)
-    return from_pil(image)  # Pillow images
-
-
-def check_encodable(raster: Raster) -> None:
-    """``UnsupportedError`` for an image whose file a decoder would refuse: a mode that does not
-    fit its pixels, a bad palette or transparency, or more pixel bytes than the decode limit.
-    Refused before any coding, so that nothing is stored that cannot come back."""
-    h, w, c = raster.height, raster.width, raster.channels
-    if h < 1 or w < 1 or not 1 <= c <= MAX_CHANNELS or h >= 1 << 32 or w >= 1 << 32:
-        raise UnsupportedError(f"cannot code an image of {h}x{w}x{c}")
-    if raster.pixels.nbytes > MAX_PIXEL_BYTES:
-        raise UnsupportedError(
-            f"image of {h}x{w}x{c} {raster.pixels.dtype} holds {raster.pixels.nbytes} bytes of pixels, more than "
-            f"the decode limit of {MAX_PIXEL_BYTES} (CALLIC_MAX_PIXEL_BYTES, where it is decoded, must allow it)"
-        )
-    problem = layout_problem(raster.mode, raster.pixels.dtype.name, c)
-    if problem is None and raster.palette is not None:
-        problem = palette_problem(raster.mode, raster.palette_mode or "RGB", raster.palette)
-    if problem is not None:
-        raise UnsupportedError(f"cannot code this image: {problem}")
-    try:
-        decode_transparency(raster.transparency)
-    except CorruptFileError as exc:
-        raise UnsupportedError(f"cannot code this image: {exc}") from exc
 
 
 def _mgcf_payload(streams: list[bytes]) -> bytes:
@@ -228,7 +196,7 @@ def encode_many(
         raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
     if calibration not in CALIBRATION_SCHEMES:
         raise ValueError(f"calibration must be one of {CALIBRATION_SCHEMES}, not {calibration!r}")
-    rasters = [_as_raster(image) for image in images]
+    rasters = [as_raster(image) for image in images]
     for raster in rasters:
         check_encodable(raster)
     reports = [EncodeReport() for _ in rasters]
@@ -400,31 +368,6 @@ def _split_streams(data: bytes, expected: int) -> list[bytes]:
     return out
 
 
-def decode(data: bytes, *, model: Any = None, device: str = "cpu", lossy_model: Any = None) -> Raster:
-    """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
-    made with), or a ``CallicError`` saying why not. ``model`` (and ``lossy_model``): loaded
-    models of any codec to use where the file names them; other models are found by hash."""
-    header, container = read_header(data)
-    shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
-    coder = registered_coder(header.coder)
-    if calibration_scheme(container) and header.coder != CODER_MGCF:
-        raise CorruptFileError(f"a CALB section in a {coder.name} file (only the learned coder calibrates)")
-    if not coder.model and header.model_hash != bytes(32):
-        raise CorruptFileError(f"a {coder.name} file that names a model")
-    models = [m for m in (model, lossy_model) if m is not None]
-    pixels = coder.decode_pixels(header, container, container.require(b"DATA"), models, device)
-    if not isinstance(pixels, np.ndarray) or pixels.shape != header.shape or pixels.dtype != np.dtype(header.dtype):
-        got = f"{pixels.shape} {pixels.dtype}" if isinstance(pixels, np.ndarray) else type(pixels).__name__
-        raise CorruptFileError(f"the {coder.name} decoder gave {got}, the file says {header.shape} {header.dtype}")
-    raster = Raster(pixels, header.mode, **shown)
-    if hash_of_version(raster, container.version) != header.pixel_hash:
-        raise VerificationError(
-            "decoded image does not match the hash stored in the file"
-            + (" (pixels, mode, palette, transparency and metadata)" if container.version >= 2 else "")
-        )
-    return raster
-
-
 def decode_mgcf(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
     """The learned coder's pixels (``codec.registry.PixelDecoder``): RGB from the streams, with the
     file's adapters merged into the model first, and an RGBA file's alpha plane from ALPH."""
@@ -455,36 +398,3 @@ def decode_mgcf(header: Header, container: Container, payload: bytes, models: li
         return rgb
     alpha = fallback.jxl_decode(container.require(b"ALPH"), (header.height, header.width), np.dtype(np.uint8))
     return np.concatenate([rgb, alpha[..., None]], axis=2)
-
-
-def decode_jxl(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
-    return fallback.jxl_decode(payload, header.shape, np.dtype(header.dtype))
-
-
-def decode_zlib(header: Header, container: Container, payload: bytes, models: list[Any], device: str) -> np.ndarray:
-    return fallback.zlib_decode(payload, header.shape, np.dtype(header.dtype))
-
-
-def _shown_facts(container: Container, mode: str) -> dict[str, Any]:
-    """The palette, transparency and metadata a file holds, as ``Raster`` fields; ``CorruptFileError``
-    for a palette or transparency no writer could use (a crafted file must not reach one)."""
-    facts: dict[str, Any] = {}
-    plte = container.get(b"PLTE")
-    if plte is not None:
-        n = plte[0] if plte else 0
-        try:
-            palette_mode = plte[1 : 1 + n].decode("ascii") if len(plte) > n else ""
-        except UnicodeDecodeError:
-            palette_mode = ""
-        problem = palette_problem(mode, palette_mode, plte[1 + n :]) if palette_mode else "malformed section"
-        if problem is not None:
-            raise CorruptFileError(f"PLTE: {problem}")
-        facts["palette_mode"], facts["palette"] = palette_mode, plte[1 + n :]
-    facts["transparency"] = container.get(b"trns")
-    decode_transparency(facts["transparency"])
-    facts["icc_profile"] = container.get(b"iccp")
-    facts["exif"] = container.get(b"exif")
-    facts["xmp"] = container.get(b"xmp ")
-    facts["png_chunks"] = container.get(b"pngc")
-    split_chunks(facts["png_chunks"])  # CorruptFileError before decoding, not when writing
-    return facts

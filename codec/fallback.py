@@ -76,3 +76,14 @@ def zlib_decode(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     if len(raw) != expected or d.unconsumed_tail or not d.eof:
         raise CorruptFileError("zlib payload size does not match the header")
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+# The classical coders' pixel decoders (``codec.registry.PixelDecoder``): no model, no torch.
+
+
+def decode_jxl_file(header, container, payload: bytes, models, device: str) -> np.ndarray:
+    return jxl_decode(payload, header.shape, np.dtype(header.dtype))
+
+
+def decode_zlib_file(header, container, payload: bytes, models, device: str) -> np.ndarray:
+    return zlib_decode(payload, header.shape, np.dtype(header.dtype))

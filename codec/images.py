@@ -31,8 +31,6 @@ from codec.errors import CorruptFileError, ImageReadError, UnsupportedError
 from codec.files import read_regular_file
 from codec.raster import Raster
 
-Image.MAX_IMAGE_PIXELS = 1 << 30  # refuse decompression bombs, allow big photos
-
 FORMATS = {
     ".png": "PNG",
     ".tif": "TIFF",
@@ -259,7 +257,9 @@ def read_image(path: str | Path | bytes, name: str | None = None) -> Raster:
                 "`callic archive` stores such files byte for byte"
             ) from exc
         raise ImageReadError(f"cannot read image {name}: not an image file in a format callic reads") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's limit is its caller's: callic's commands raise it
+        raise ImageReadError(f"cannot read image {name}: {exc} (PIL.Image.MAX_IMAGE_PIXELS)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image {name}: {exc}") from exc
     if fmt in FORMATS.values():
         _check_exact(data, raster, fmt, name)

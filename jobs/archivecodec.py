@@ -102,8 +102,9 @@ class ArchiveCodec:
     def __init__(self, settings: CodecSettings, resources: Resources, pinned: dict[str, str] | None = None) -> None:
         import torch
 
-        from jobs.runtime import setup_torch
+        from jobs.runtime import allow_large_images, setup_torch
 
+        allow_large_images()  # in every worker process, as in the command's
         device = resources.device if resources.device == "cpu" or torch.cuda.is_available() else "cpu"
         setup_torch(resources.threads, device)
         self.settings, self.device = settings, device

@@ -45,14 +45,12 @@ import imagecodecs
 import numpy as np
 
 from codec.defaults import CALIBRATION_SCHEMES, DEFAULT_CALIBRATION, DEFAULT_STEPS, MIN_ADAPT_PIXELS
-from codec.images import read_image
 from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, adapt_config, add_adapt_arguments
 from jobs.atomic import write_atomically
-from jobs.imagefiles import list_images, relative_name
+from jobs.benchimages import SUFFIXES, NotRGBError, list_bench_images, load_pixels  # noqa: F401 (re-exported)
 from jobs.rowlog import RowLog
 from jobs.runtime import setup_torch
 
-SUFFIXES = frozenset({".png", ".ppm", ".tif", ".tiff", ".bmp", ".webp"})
 ANCHOR_NAMES = ("jxl-e7", "jxl-e9", "webp-m6", "jpeg2000", "jpegls", "png")
 CODEC_NAMES = ("callic", *ANCHOR_NAMES)
 REFERENCE = "jxl-e9"  # the summary's ratios are to this codec's mean (else to the first codec)
@@ -258,33 +256,6 @@ def parse_codecs(text: str) -> list[str]:
 # ---------------------------------------------------------------- input
 
 
-def list_bench_images(url: str) -> tuple[Any, list[str], list[str]]:
-    """Image files under a folder or fsspec URL, recursively, sorted: (filesystem, paths, display names).
-
-    Names are relative to the input so that reports from different mounts or buckets line up.
-    """
-    fs, paths = list_images(url, tuple(sorted(SUFFIXES)))
-    return fs, paths, [relative_name(p, url, fs) for p in paths]
-
-
-class NotRGBError(ValueError):
-    """The image is readable but is not 8-bit RGB; the anchors are compared on RGB only."""
-
-    def __init__(self, message: str, height: int, width: int) -> None:
-        super().__init__(message)
-        self.height, self.width = height, width
-
-
-def load_pixels(fs: Any, path: str) -> np.ndarray:
-    """The decoded (H, W, 3) uint8 pixels of one file, fetched through fsspec (any storage)."""
-    raster = read_image(fs.cat_file(path))
-    pixels = raster.pixels
-    if raster.mode != "RGB" or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        message = f"not 8-bit RGB (mode {raster.mode}, {pixels.dtype}, shape {pixels.shape})"
-        raise NotRGBError(message, raster.height, raster.width)
-    return pixels
-
-
 # ---------------------------------------------------------------- measuring
 
 
@@ -425,6 +396,9 @@ class BenchCodecs:
     configs: tuple[tuple[Variant, Any], ...]
 
     def __call__(self, resources: Any) -> list[Codec]:
+        from jobs.runtime import allow_large_images
+
+        allow_large_images()
         setup_torch(resources.threads, self.device)
         configs = dict(self.configs)
         return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, configs.get)[0]

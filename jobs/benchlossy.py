@@ -225,7 +225,7 @@ def plot(path: Path, cv: dict[str, list[dict]]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.bench import list_bench_images, load_pixels
+    from jobs.benchimages import list_bench_images, load_pixels
     from jobs.runtime import setup_torch
 
     setup_torch(args.threads, args.device)

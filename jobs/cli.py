@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else 0
     try:
+        from jobs.runtime import allow_large_images
+
+        allow_large_images()
         return args.func(args)
     except BrokenPipeError:  # `callic info f | head`: the reader left; nothing to say to it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

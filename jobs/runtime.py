@@ -7,6 +7,10 @@ machine's count; and OpenMP threads sleep instead of spinning while they wait
 made a 64x64 decode 20-80x slower at 2 threads than at 1 while another process kept one of two
 cores busy: each parallel region waited for a spinning thread that the scheduler had parked.
 
+Images (``allow_large_images``): Pillow refuses images over twice ``PIL.Image.MAX_IMAGE_PIXELS``
+(89 megapixels by default) as decompression bombs. That limit is a process's choice, so the
+library (``codec.images``) leaves it alone and callic's commands and workers set it.
+
 Memory (``keep_freed_memory``, what ``callic train`` does): glibc hands every freed block over
 128 KB back to the kernel, so each training step page-faults its activations in again; keeping
 them in the process made a step 1.1x (batch 4 of 64x64) to 1.6x (batch 4 of 128x128) faster on
@@ -40,6 +44,17 @@ def setup_torch(threads: int | None, device: str) -> None:
     torch.set_num_threads(threads or default_threads())
     if device == "cuda" and not torch.cuda.is_available():
         raise CallicError("--device cuda: no CUDA device is available")
+
+
+LARGE_IMAGE_PIXELS = 1 << 30  # Pillow refuses twice this: 2.1 gigapixels, far above the decode limit
+
+
+def allow_large_images() -> None:
+    """Let Pillow open photos up to ``2 * LARGE_IMAGE_PIXELS`` pixels (the decode limit,
+    ``codec.header.MAX_PIXEL_BYTES``, is the bound that matters); bigger ones stay refused."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = LARGE_IMAGE_PIXELS
 
 
 def keep_freed_memory() -> bool:

@@ -15,6 +15,7 @@ from PIL import Image
 
 import codec
 import codec.api
+import codec.fileformat
 from codec.api import HEAD, KNOWN_CRITICAL, read_header
 from codec.container import FORMAT_VERSION, SIGNATURE, parse
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
@@ -176,7 +177,7 @@ def test_encoder_refuses_what_its_decoder_would(monkeypatch):
     bad_palette.palette = bytes(7)
     with pytest.raises(UnsupportedError, match="palette"):
         codec.encode(bad_palette)
-    monkeypatch.setattr(codec.api, "MAX_PIXEL_BYTES", 100)
+    monkeypatch.setattr(codec.fileformat, "MAX_PIXEL_BYTES", 100)  # check_encodable lives there
     with pytest.raises(UnsupportedError, match="CALLIC_MAX_PIXEL_BYTES"):
         codec.encode(np.zeros((5, 6), np.float32))
 
@@ -201,7 +202,7 @@ def _row(enc, data: bytes, key: str) -> dict:
 
 def test_float_tiff_over_the_decode_limit_fails_at_archive_time(archive_codec, monkeypatch):
     data = _file(np.zeros((5, 6), np.float32), "TIFF")
-    monkeypatch.setattr(codec.api, "MAX_PIXEL_BYTES", 100)
+    monkeypatch.setattr(codec.fileformat, "MAX_PIXEL_BYTES", 100)  # check_encodable lives there
     [result] = archive_codec.encode_batch([("big.tif", data)], verify=False)
     assert isinstance(result, UnsupportedError) and "CALLIC_MAX_PIXEL_BYTES" in str(result)
 
@@ -249,6 +250,6 @@ def test_lossy_encoder_refuses_an_image_over_the_decode_limit(tiny_lossy_model_p
     from codec.lossy.api import encode_lossy, load_lossy_model
 
     model = load_lossy_model(str(tiny_lossy_model_path))
-    monkeypatch.setattr(codec.api, "MAX_PIXEL_BYTES", 100)
+    monkeypatch.setattr(codec.fileformat, "MAX_PIXEL_BYTES", 100)  # check_encodable lives there
     with pytest.raises(UnsupportedError, match="CALLIC_MAX_PIXEL_BYTES"):
         encode_lossy(np.zeros((8, 8, 3), np.uint8), model=model)

@@ -23,9 +23,12 @@ import torch
 
 from codec.container import HEAD, Container
 from codec.errors import CorruptFileError, ModelNotFoundError, UnsupportedError, VerificationError
+from codec.fileformat import as_raster, check_encodable
+from codec.header import CODER_CCA, Header
 from codec.lossy import coding
 from codec.lossy.weights import file_name, load_model_file, parse_model
 from codec.raster import Raster, raster_hash
+from codec.reading import decode
 from codec.weights import PACKAGE_MODELS, find_by_hash
 
 QUALITY_LIST = PACKAGE_MODELS / "CCA"
@@ -83,9 +86,7 @@ def encode_lossy_with_reconstruction(
 ) -> tuple[bytes, np.ndarray]:
     """``encode_lossy``, and the pixels the file decodes to (the encoder has them: ``callic
     encode`` reports their PSNR without decoding)."""
-    from codec.api import CODER_CCA, Header, _as_raster, check_encodable, decode
-
-    raster = _as_raster(image)
+    raster = as_raster(image)
     if raster.pixels.dtype != np.uint8 or raster.mode != "RGB":
         raise UnsupportedError(f"the lossy codec takes 8-bit RGB images, not {raster.mode} {raster.pixels.dtype}")
     check_encodable(raster)  # e.g. over the decode limit
