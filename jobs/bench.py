@@ -404,6 +404,9 @@ class BenchCodecs:
         return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, configs.get)[0]
 
 
+RAY_ATTEMPTS = 2  # an image whose worker dies is tried once more on a fresh one, then recorded as failed
+
+
 def run_on_ray(
     fs: Any,
     paths: Sequence[str],
@@ -414,12 +417,13 @@ def run_on_ray(
     log: RowLog,
     workers: int,
 ) -> list[Row]:
-    """The same work spread over Ray actors (``pipeline.cluster``), one image per task; rows are
-    logged as images finish. Timings then include whatever the workers share (cores, memory
-    bandwidth): compare codecs within one run, not across runs with different worker counts."""
-    import ray
-
-    from pipeline import cluster
+    """The same work spread over Ray actors (``pipeline.pool``, the loop archive and restore run
+    on), one image per task; rows are logged as images finish. An image whose worker dies (a
+    codec crash in native code, the memory monitor) is retried once on a fresh worker, then gets
+    an error row per codec, and the run goes on. Timings include whatever the workers share
+    (cores, memory bandwidth): compare codecs within one run, not across runs with different
+    worker counts."""
+    from pipeline import cluster, pool
     from pipeline.items import Resources
     from pipeline.progress import ProgressBar
 
@@ -432,32 +436,34 @@ def run_on_ray(
         return ordered(log, names, codec_names)
     p = cluster.plan(workers, 1.0 if factory.device == "cuda" else 0.0)
     p = cluster.Plan(min(p.workers, len(todo)), p.gpus_per_worker, p.cpus_per_worker)
-    actors = [
-        cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, Resources(p.device, p.cpus_per_worker))
-        for _ in range(p.workers)
-    ]
+    resources = Resources(p.device, p.cpus_per_worker)
     bar = ProgressBar(sum(len(codec_names) - len(skip) for _, _, skip in todo))
-    done_runs = 0
+    runs = 0
+
+    def on_done(outcome: pool.Outcome[tuple[str, str, frozenset[str]]]) -> None:
+        nonlocal runs
+        _, name, skip = outcome.task
+        rows = outcome.result
+        if outcome.error is not None:
+            rows = [new_row(name, c, error=outcome.error) for c in codec_names if c not in skip]
+        for row in rows:
+            log.add(row)
+            runs += 1
+        bar.update(runs, 0)
+
     try:
-        cluster.wait_placed(actors, p)
-        inflight: dict[Any, int] = {}
-        while todo or inflight:
-            busy = set(inflight.values())
-            for slot, actor in enumerate(actors):
-                if todo and slot not in busy:
-                    path, name, skip = todo.pop(0)
-                    inflight[actor.run.remote(bench_image, fs, path, name, repeat, skip)] = slot
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                inflight.pop(ref)
-                for row in ray.get(ref):
-                    log.add(row)
-                    done_runs += 1
-            bar.update(done_runs, 0)
+        pool.run(
+            todo,
+            lambda: cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources),
+            lambda actor, task: actor.run.remote(bench_image, fs, *task[:2], repeat, task[2]),
+            p,
+            RAY_ATTEMPTS,
+            on_done,
+            "bench_image",
+            labels=lambda task: {"image": task[1]},
+        )
     finally:
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
     return ordered(log, names, codec_names)
 
 

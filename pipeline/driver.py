@@ -3,30 +3,26 @@
 The same loop serves a new job and a resumed one: what is left is always computed from the shard
 manifests under the job folder, so a driver killed at any moment loses at most the shards in
 flight, and ``resume`` picks them up. A worker that dies (killed, out of memory, node lost) is
-replaced and its shard retried; after ``max_attempts`` tries its images become failed rows, so
-no image ever goes missing from the manifest.
+replaced and its shard retried (``pipeline.pool``, the loop restore and the benchmark run on
+too); after ``max_attempts`` tries its images become failed rows, so no image ever goes missing
+from the manifest.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import ray
-from ray.exceptions import RayActorError, RayTaskError
 
-from pipeline import cluster, events, manifest
+from pipeline import cluster, events, manifest, pool
 from pipeline.items import CodecFactory, Resources
 from pipeline.job import JobSpec
 from pipeline.progress import ProgressBar
 from pipeline.shard import ShardResult, ShardTask, failed_rows
-from pipeline.storage import Store, redact
-
-log = logging.getLogger(__name__)
+from pipeline.storage import Store
 
 
 @dataclass
@@ -108,70 +104,50 @@ def run(
     events.emit(
         "job_run", job=spec.job_id, shards=len(tasks), images=summary.images, workers=p.workers, device=p.device
     )
-    actors = [new_actor() for _ in range(p.workers)]
-    queue: deque[ShardTask] = deque(tasks)
-    tries: dict[int, int] = {}
-    inflight: dict[Any, tuple[ShardTask, int]] = {}
+
+    def on_done(outcome: pool.Outcome[ShardTask]) -> None:
+        if outcome.error is not None:  # given up on: its images become failed rows, none goes missing
+            rows = failed_rows(outcome.task, outcome.error)
+            manifest.write_shard(job, outcome.task.shard, f"abandoned-{time.time_ns()}", rows)
+            summary.failed += len(rows)
+            summary.errors += [f"{r['source_key']}: {r['error']}" for r in rows]
+            return
+        result: ShardResult = outcome.result
+        summary.ok += result.ok
+        summary.failed += result.failed
+        summary.source_bytes += result.source_bytes
+        summary.stored_bytes += result.stored_bytes
+        summary.errors += result.errors
+        events.emit(
+            "shard_done",
+            job=spec.job_id,
+            shard=result.shard,
+            ok=result.ok,
+            failed=result.failed,
+            seconds=round(result.seconds, 3),
+            manifest=result.manifest_key,
+        )
+
     # The actors load the model as they start: the bar says so, with its elapsed time moving.
     bar = ProgressBar(summary.images, enabled=show_progress, desc=f"archive: starting {p.workers} worker(s)")
     try:
-        cluster.wait_placed(actors, p, tick=bar.tick)
-        bar.describe("archive")
-        while queue or inflight:
-            busy = {slot for _, slot in inflight.values()}
-            for slot in range(len(actors)):
-                if queue and slot not in busy:
-                    task = queue.popleft()
-                    inflight[actors[slot].run.remote(task)] = (task, slot)
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            bar.update(*progress.counts((summary.ok, summary.failed)))  # per image, as workers finish them
-            for ref in done:
-                task, slot = inflight.pop(ref)
-                try:
-                    result: ShardResult = ray.get(ref)
-                except (RayActorError, RayTaskError) as exc:
-                    died = isinstance(exc, RayActorError)
-                    if died:
-                        summary.worker_restarts += 1
-                        actors[slot] = new_actor()
-                    tries[task.shard] = tries.get(task.shard, 1) + 1
-                    reason = "worker died" if died else f"shard failed: {_cause(exc)}"
-                    events.emit(
-                        "shard_retry",
-                        level=logging.WARNING,
-                        job=spec.job_id,
-                        shard=task.shard,
-                        attempt=tries[task.shard],
-                        reason=reason,
-                    )
-                    if tries[task.shard] <= spec.max_attempts:
-                        queue.append(task)
-                    else:
-                        rows = failed_rows(task, f"gave up after {spec.max_attempts} attempts: {reason}")
-                        manifest.write_shard(job, task.shard, f"abandoned-{time.time_ns()}", rows)
-                        summary.failed += len(rows)
-                        summary.errors += [f"{r['source_key']}: {r['error']}" for r in rows]
-                    continue
-                summary.ok += result.ok
-                summary.failed += result.failed
-                summary.source_bytes += result.source_bytes
-                summary.stored_bytes += result.stored_bytes
-                summary.errors += result.errors
-                events.emit(
-                    "shard_done",
-                    job=spec.job_id,
-                    shard=result.shard,
-                    ok=result.ok,
-                    failed=result.failed,
-                    seconds=round(result.seconds, 3),
-                    manifest=result.manifest_key,
-                )
+        stats = pool.run(
+            tasks,
+            new_actor,
+            lambda actor, task: actor.run.remote(task),
+            p,
+            spec.max_attempts,
+            on_done,
+            "shard",
+            tick=lambda: bar.update(*progress.counts((summary.ok, summary.failed))),  # per image, as workers finish
+            on_started=lambda: bar.describe("archive"),
+            labels=lambda task: {"job": spec.job_id, "shard": task.shard},
+        )
         bar.update(summary.ok, summary.failed)  # the exact counts (live ones may lag or count retries)
     finally:
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
         ray.kill(progress.actor)
+    summary.worker_restarts = stats.worker_restarts
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -181,9 +157,3 @@ def finish(job: Store) -> pa.Table:
     table = manifest.load(job)
     manifest.write_compacted(job, table)
     return table
-
-
-def _cause(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
-    return redact(f"{type(cause).__name__}: {text}")[:500]

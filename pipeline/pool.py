@@ -3,8 +3,14 @@
 Why its own module: a worker process can vanish mid-task (Ray's memory monitor kills it, its node
 is lost, native code crashes). Each such loss must cost only a retry of the task it was running,
 on a fresh actor, and after ``max_attempts`` a recorded failure of that one task, never the
-command. Restore runs on this loop; the archive driver has the same policy in its own loop (its
-retries are also recorded in the manifest).
+command. Archive (a shard per task), restore (a chunk of images) and the benchmark (an image) all
+run on this one loop.
+
+Why our own loop rather than ``ray.util.ActorPool``: that pool has no notion of a lost actor (a
+task whose actor dies raises out of ``get_next`` and the actor stays in the pool), no retry, no
+per-task attempt count and no way to split a task after a crash; every one of those is what this
+loop is for. The archive's write-once protocol needs nothing more: each attempt writes its own
+shard manifest, and ``on_done`` records a task given up on.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from codec.errors import CallicError
 from pipeline import cluster, events
+from pipeline.storage import redact
 
 T = TypeVar("T")
 
@@ -51,9 +58,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         lines = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+        return redact(f"{type(cause).__name__}: {lines[-1] if lines else ''}")[:500]
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return f"worker lost ({type(exc).__name__}: {lines[0] if lines else 'no detail'})"[:500]
+    return redact(f"worker lost ({type(exc).__name__}: {lines[0] if lines else 'no detail'})")[:500]
 
 
 def run(
@@ -67,6 +74,7 @@ def run(
     split: Callable[[T], list[T]] | None = None,
     tick: Callable[[], None] | None = None,
     on_started: Callable[[], None] | None = None,
+    labels: Callable[[T], dict[str, Any]] | None = None,
 ) -> PoolStats:
     """Run every task on ``p.workers`` actors built by ``new_actor``; ``call(actor, task)`` starts
     one and returns its ObjectRef. A task whose actor dies is retried on a new actor (split into
@@ -74,7 +82,8 @@ def run(
     memory pressure, does not take the others down with it); one that raises is retried as it is.
     ``on_done`` gets each task's outcome as soon as it is known; ``tick``, if given, is called
     about once a second while the actors start and tasks run (a progress bar polling per-item
-    counts); ``on_started`` once every actor has started (built its codec)."""
+    counts); ``on_started`` once every actor has started (built its codec). ``labels`` gives the
+    fields that name a task in the ``<what>_retry`` event (a job and shard number)."""
     stats = PoolStats()
     actors = [new_actor() for _ in range(min(p.workers, len(tasks)))]
     queue: deque[tuple[T, int]] = deque((t, 1) for t in tasks)
@@ -101,7 +110,8 @@ def run(
                     reason = describe(exc)
                     if attempt < max_attempts:
                         stats.retries += 1
-                        events.emit(f"{what}_retry", level=logging.WARNING, attempt=attempt + 1, reason=reason)
+                        named = labels(task) if labels is not None else {}
+                        events.emit(f"{what}_retry", level=logging.WARNING, **named, attempt=attempt + 1, reason=reason)
                         queue.extend((part, attempt + 1) for part in (split(task) if died and split else [task]))
                     else:
                         on_done(Outcome(task, error=f"gave up after {attempt} attempts: {reason}", attempts=attempt))

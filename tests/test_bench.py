@@ -196,3 +196,55 @@ def test_bench_on_ray_workers_matches_the_serial_run(images, tmp_path, tiny_mode
     sizes = {(r["image"], r["codec"]): r["bytes"] for r in serial if r["codec"] != "callic-t2"}
     assert sizes == {(r["image"], r["codec"]): r["bytes"] for r in distributed if r["codec"] != "callic-t2"}
     assert "2 Ray workers" in (tmp_path / "ray" / "report.md").read_text()
+
+
+class _KillingBench:
+    """Bench codecs for a Ray worker: png, whose encoder SIGKILLs its own worker process on the
+    image whose samples sum to ``poison`` (as a native crash or the OOM killer would)."""
+
+    device = "cpu"
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+
+    def __call__(self, resources):
+        import os
+        import signal
+
+        (png,) = bench.build_codecs(["png"], None, "cpu", 1)[0]
+        poison = self.poison
+
+        def encode(pixels):
+            if int(pixels.sum(dtype=np.int64)) == poison:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return png.encode(pixels)
+
+        return [bench.Codec(png.name, encode, png.decode)]
+
+
+def test_bench_on_ray_records_an_image_that_kills_its_worker_and_goes_on(images, tmp_path):
+    """An image whose worker dies is retried once on a fresh worker (``pipeline.pool``), then
+    gets an error row; the other image is still measured and verified."""
+    import fsspec
+    import ray
+
+    from jobs.rowlog import RowLog
+
+    paths = sorted(str(p) for p in images.rglob("*.png"))
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    poison = int(np.asarray(Image.open(images / "a-kodim.png")).sum(dtype=np.int64))
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        log = RowLog(tmp_path / "out", {}, resume=False)
+        rows = bench.run_on_ray(
+            fsspec.filesystem("file"), paths, names, _KillingBench(poison), ["png"], 1, log, workers=1
+        )
+    finally:
+        ray.shutdown()
+    by_image = {r["image"]: r for r in rows}
+    assert sorted(by_image) == sorted(names) and len(rows) == 2
+    killer, other = by_image["a-kodim.png"], by_image["b-chelsea.png"]
+    assert killer["error"].startswith(f"gave up after {bench.RAY_ATTEMPTS} attempts: worker lost"), killer
+    assert not killer["verified"] and killer["bytes"] is None
+    assert other["verified"] and other["error"] is None and other["bytes"] > 0
