@@ -33,3 +33,18 @@ class EncodeReport:
     model_hash: str | None = None  # SHA-256 (hex) of the model file that coded the kept file
     psnr: float | None = None  # lossy files: dB of the reconstruction a decoder gives back
     timings: dict[str, float] = field(default_factory=dict)
+    extra_facts: dict[str, str] = field(default_factory=dict)  # a codec's own facts, for the manifest
+
+    def manifest_facts(self) -> dict[str, str]:
+        """What a job manifest's ``codec_facts`` holds for the kept file: the model that coded it
+        (``model_hash``), its fine-tuning where it had any (``steps``, paid for even where the
+        adapters were dropped, and ``adapter_bytes`` where they were kept), and the codec's
+        ``extra_facts``. Empty for a file no model coded (the classical ones)."""
+        found: dict[str, str] = {}
+        if self.model_hash:
+            found["model_hash"] = self.model_hash
+            if self.steps:
+                found["steps"] = str(self.steps)
+            if self.adapters == "kept":
+                found["adapter_bytes"] = str(self.adapter_bytes)
+        return found | self.extra_facts

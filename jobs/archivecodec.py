@@ -168,7 +168,7 @@ class ArchiveCodec:
         return raster, fmt
 
     def _passthrough(self, data: bytes, fmt: str) -> Encoded:
-        fields = {**_source_fields(data), "codec": "passthrough", "format": fmt, "steps": 0, "adapter_bytes": 0}
+        fields = {**_source_fields(data), "codec": "passthrough", "format": fmt}
         fields["bpsp"] = 8 * len(data) / max(1, fields.pop("samples"))
         fields["pixel_hash"] = None
         return Encoded(data, "", fields)
@@ -203,12 +203,10 @@ class ArchiveCodec:
             "codec": coder.shown_name,
             "format": fmt,
             "bpsp": None if coder.lossy else 8 * len(blob) / raster.pixels.size,  # lossy rows: bpp and psnr
-            "steps": report.steps if report.model_hash else 0,  # the kept file's fine-tuning
-            "adapter_bytes": report.adapter_bytes if report.adapters == "kept" else 0,
             "encode_s": encode_s,
             "verify_s": report.timings.get("verify_s"),
+            "codec_facts": report.manifest_facts(),  # what only this codec knows (model, fine-tuning...)
             "pixel_hash": codec.info(blob)["pixel_sha256"],  # for a lossy file, its reconstruction's
-            "model_hash": report.model_hash,
         }
         if coder.lossy:  # the lossy units: bits per pixel, and the PSNR of what a restore gives back
             fields.update(bpp=8 * len(blob) / (raster.width * raster.height), psnr=report.psnr)

@@ -55,9 +55,10 @@ def main(args) -> int:
         png = len(write_image_bytes(src, "PNG"))
         n = src.pixels.size
         bits, png_bits, samples = bits + 8 * row["compressed_bytes"], png_bits + 8 * png, samples + n
+        adapter_bytes = manifest.facts(row).get("adapter_bytes", 0)
         lines.append(
             f"{row['source_key']:24} {row['width']:>4}x{row['height']:<4} {row['mode']:>5} {row['codec']:>12} "
-            f"{row['bpsp']:6.3f} {8 * png / n:8.3f} {row['adapter_bytes'] or 0:>7}B {row['encode_s'] or 0:6.2f}"
+            f"{row['bpsp']:6.3f} {8 * png / n:8.3f} {adapter_bytes:>7}B {row['encode_s'] or 0:6.2f}"
         )
     head = f"{'image':24} {'size':>9} {'mode':>5} {'codec':>12} {'bpsp':>6} {'PNG bpsp':>8} {'adapters':>8}"
     print(f"{head} {'enc s':>6}", *lines, sep="\n")

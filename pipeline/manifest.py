@@ -40,15 +40,20 @@ bpsp                lossless rows: 8 x compressed_bytes / (width x height x chan
 bpp                 lossy (``cca``) rows: 8 x compressed_bytes / (width x height), bits per pixel
 psnr                lossy rows: PSNR in dB of the stored reconstruction against the source pixels
                     (peak 255; inf when they are equal)
-steps               adaptation steps (0: none)
-adapter_bytes       bytes of the per-image adapter section (0: none)
 encode_s, verify_s  seconds spent encoding and verifying this image
+codec_facts         what only the row's codec knows, as a map of strings the codec fills
+                    (``EncodeReport.manifest_facts``), empty for files no model coded. The
+                    learned coder: ``model_hash`` (SHA-256 of the model file, hex), ``steps``
+                    (per-image fine-tuning steps, absent: none) and ``adapter_bytes`` (the kept
+                    adapter section, absent: none); ``cca``: ``model_hash`` (the lossy model).
+                    A new codec adds its own keys without a change here. Manifests
+                    written before this column existed had ``steps``, ``adapter_bytes`` and
+                    ``model_hash`` columns: they load folded into it (``from_bytes``)
 pixel_hash          the hash the ``.cllc`` HEAD stores (hex): for format version 2 files the image
                     hash of ``codec.raster.raster_hash`` (pixels, mode, palette, transparency and
                     metadata), for version 1 files of the pixels alone; for lossy rows that of the
                     reconstruction; null for passthrough and jpeg-jxl
 source_sha256       SHA-256 of the source file's bytes
-model_hash          SHA-256 of the model file (hex), when the learned coder was used
 worker              host:pid/Ray node id (first 8 hex digits) of the worker
 gpu                 the Ray GPU id(s) of the worker, null on CPU
 attempt             1 for the first try of this image, 2 for its first retry...
@@ -91,13 +96,11 @@ SCHEMA = pa.schema(
         ("bpsp", pa.float64()),
         ("bpp", pa.float64()),
         ("psnr", pa.float64()),
-        ("steps", pa.int16()),
-        ("adapter_bytes", pa.int32()),
         ("encode_s", pa.float64()),
         ("verify_s", pa.float64()),
+        ("codec_facts", pa.map_(pa.string(), pa.string())),
         ("pixel_hash", pa.string()),
         ("source_sha256", pa.string()),
-        ("model_hash", pa.string()),
         ("worker", pa.string()),
         ("gpu", pa.string()),
         ("attempt", pa.int16()),
@@ -105,6 +108,9 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# Why the common columns stop at bpp and psnr: sizes, rates, distortion, hashes and times are what
+# every codec has and what ``status`` sums; anything else a codec knows goes in ``codec_facts``.
+LEGACY_FACTS = ("steps", "adapter_bytes", "model_hash")  # columns before ``codec_facts``, folded into it
 SHARD_DIR = "manifest"
 COMPACTED = "manifest.parquet"
 
@@ -147,11 +153,23 @@ def row_retryable(row: dict[str, Any]) -> bool:
     return retryable(row.get("error")) if value is None else bool(value)
 
 
+def facts(row: dict[str, Any]) -> dict[str, str]:
+    """A row's ``codec_facts`` as a dict, however it was read (pyarrow's ``to_pylist`` gives a
+    map as a list of pairs; null is no facts)."""
+    value = row.get("codec_facts")
+    return dict(value) if value else {}
+
+
 def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts of ``COLUMNS``; any other key is a mistake, refused) as a table of ``SCHEMA``,
+    their ``codec_facts`` values as strings."""
     unknown = {k for row in rows for k in row} - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown manifest columns: {sorted(unknown)}")
-    return pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
+    records = [{c: row.get(c) for c in COLUMNS} for row in rows]
+    for record in records:
+        record["codec_facts"] = {str(k): str(v) for k, v in facts(record).items()}
+    return pa.Table.from_pylist(records, schema=SCHEMA)
 
 
 def to_bytes(table: pa.Table) -> bytes:
@@ -162,13 +180,26 @@ def to_bytes(table: pa.Table) -> bytes:
 
 def from_bytes(data: bytes) -> pa.Table:
     """A manifest file as a table of ``SCHEMA``. Files written before a column existed load with
-    it null, except ``retryable`` of their failed rows, derived from the error text; columns this
-    version does not know are dropped."""
+    it null, except ``retryable`` of their failed rows, derived from the error text, and
+    ``codec_facts``, made from the ``LEGACY_FACTS`` columns; columns this version does not know
+    are dropped."""
     table = pq.read_table(io.BytesIO(data))
     n = table.num_rows
     columns = [table[c] if c in table.column_names else pa.nulls(n, SCHEMA.field(c).type) for c in COLUMNS]
+    if "codec_facts" not in table.column_names:
+        columns[COLUMNS.index("codec_facts")] = _legacy_facts(table)
     table = pa.Table.from_arrays(columns, names=list(COLUMNS)).cast(SCHEMA)
     return _fill_retryable(table)
+
+
+def _legacy_facts(table: pa.Table) -> pa.Array:
+    """``codec_facts`` of a manifest written before it existed: its ``LEGACY_FACTS`` columns'
+    values, as strings, where not null (a passed-through file's ``steps`` 0 included: the file
+    said so)."""
+    present = [c for c in LEGACY_FACTS if c in table.column_names]
+    values = {c: table[c].to_pylist() for c in present}
+    maps = [{c: str(values[c][i]) for c in present if values[c][i] is not None} for i in range(table.num_rows)]
+    return pa.array(maps, type=SCHEMA.field("codec_facts").type)
 
 
 def _fill_retryable(table: pa.Table) -> pa.Table:

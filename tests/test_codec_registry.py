@@ -23,6 +23,8 @@ from codec.header import HEAD, Header
 from codec.raster import Raster, raster_hash
 from codec.settings import Settings
 from jobs.cli import main
+from pipeline import manifest
+from pipeline.storage import Store
 from tests import toycodec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +117,8 @@ def test_the_toy_codec_archives_restores_and_benches_through_the_pipeline(toy_ra
     assert main(["status", str(dst / "toy"), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert (st["ok"], st["failed"], st["codecs"]) == (2, 0, {toycodec.NAME: 2})
+    rows = manifest.load(Store(dst / "toy")).to_pylist()  # its own fact, with no pipeline change
+    assert [manifest.facts(r) for r in rows] == [{"zlib_level": "6"}] * 2
 
     restore = ["restore", str(dst), str(out), "--model", str(tiny_model_path), "--workers", "1", "--quiet"]
     assert main(restore) == 0

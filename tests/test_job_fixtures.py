@@ -7,6 +7,7 @@ of each frozen DST (all its jobs), so one worker start per version."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from codec.images import read_image
 from jobs.cli import main
+from pipeline import manifest
+from pipeline.storage import Store
 from tests.conftest import assert_same_pixels
 
 FROZEN = sorted((Path(__file__).parent / "fixtures" / "jobs").glob("*/archive"))
@@ -26,6 +29,19 @@ def test_there_are_frozen_jobs_of_each_kind():
     assert FROZEN
     for archive in FROZEN:
         assert {p.name for p in archive.iterdir()} == set(EXACT), archive
+
+
+@pytest.mark.parametrize("archive", FROZEN, ids=lambda p: p.parent.name)
+def test_frozen_manifests_load_with_their_codec_facts(archive):
+    """Manifests written before ``codec_facts`` had ``steps``/``adapter_bytes``/``model_hash``
+    columns: they load folded into it, so the model that coded each file is still known."""
+    for job in EXACT:
+        rows = {r["source_key"]: r for r in manifest.load(Store(archive / job)).to_pylist()}
+        learned = [r for r in rows.values() if r["codec"] in ("callic", "cca")]
+        assert learned, job
+        for r in learned:
+            assert re.fullmatch("[0-9a-f]{64}", manifest.facts(r)["model_hash"]), r
+        assert all(manifest.facts(r).get("adapter_bytes", "0") == "0" for r in rows.values())
 
 
 @pytest.mark.parametrize("archive", FROZEN, ids=lambda p: p.parent.name)

@@ -48,6 +48,7 @@ class ToyEncoder:
             data = zlib.compress(pixels.astype(pixels.dtype.newbyteorder("<")).tobytes(), self.settings.level)
             blob = write_file(raster, file_header(raster, TOY_ID), data)
             report = EncodeReport(bytes=len(blob), coder=NAME, timings={"coding_s": time.perf_counter() - start})
+            report.extra_facts["zlib_level"] = str(self.settings.level)  # a fact only this codec has
             if verify and not np.array_equal(self.decode(blob).pixels, raster.pixels):
                 raise VerificationError("toy file does not decode to its image")
             out.append((blob, report))
