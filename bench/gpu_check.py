@@ -89,7 +89,7 @@ def _load_cpu_model(codec_name: str, model_path: str | None) -> None:
 def _decode_cpu(data: bytes) -> np.ndarray:
     model = _CPU_MODEL["model"]
     if _CPU_MODEL["codec"] == "cca":
-        return codec.decode(data, lossy_model=model, device="cpu").pixels
+        return codec.decode(data, model=model, device="cpu").pixels
     return codec.decode(data, model=model, device="cpu").pixels
 
 
@@ -319,7 +319,7 @@ def encode_photos(
         model = load_lossy_model(args.model, device=args.device)
         encode_lossy(photos[:1], model, args.device)  # warm-up
         return encode_lossy(photos, model, args.device), (
-            lambda data: codec.decode(data, lossy_model=model, device=args.device).pixels
+            lambda data: codec.decode(data, model=model, device=args.device).pixels
         )
     model = codec.load_model(args.model, args.device)
     coded: list[Coded] = []

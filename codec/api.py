@@ -54,6 +54,7 @@ from codec.defaults import (
     DEFAULT_JXL_EFFORT,
     DEFAULT_PATCHES_PER_STREAM,  # noqa: F401 (re-exported; for 64x64 patches, see patches_per_stream)
     DEFAULT_STEPS,
+    MAX_PATCHES_PER_STREAM,
     MIN_ADAPT_PIXELS,  # noqa: F401 (re-exported)
 )
 from codec.defaults import patches_per_stream as default_patches_per_stream
@@ -82,7 +83,6 @@ from codec.rpft import AdaptConfig, Adapted
 from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
 
 SECTION_OVERHEAD = 12  # bytes a section adds besides its payload: tag, length, CRC
-MAX_PATCHES_PER_STREAM = 4096
 CODERS = ("auto", "learned", "classical")  # encode's ``coder``
 # The default fine-tuning, the same as ``callic encode``'s.
 DEFAULT_ADAPT = AdaptConfig(steps=DEFAULT_STEPS, max_patches=DEFAULT_ADAPT_PATCHES)

@@ -57,6 +57,7 @@ MIN_ADAPT_PIXELS = 200_000
 DEFAULT_JXL_EFFORT = 7
 JXL_EFFORTS = range(1, 11)
 DEFAULT_PATCHES_PER_STREAM = 64
+MAX_PATCHES_PER_STREAM = 4096  # the most a file may declare (the decoder's memory bound)
 # Backward-adaptive calibration of the learned coder (``codec.calibration``): the scheme new files
 # are written with (0: none). Files record theirs in a CALB section.
 DEFAULT_CALIBRATION = 1

@@ -9,54 +9,125 @@ images get the classical coders with either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS
+from codec.defaults import (
+    CALIBRATION_SCHEMES,
+    DEFAULT_ADAPT_LR,
+    DEFAULT_ADAPT_PATCHES,
+    DEFAULT_CALIBRATION,
+    DEFAULT_JXL_EFFORT,
+    DEFAULT_LORA_RANK,
+    DEFAULT_STEPS,
+    DEFAULT_TUCKER_RANKS,
+    MAX_PATCHES_PER_STREAM,
+    MIN_ADAPT_PIXELS,
+)
 from codec.errors import UnsupportedError
 from codec.raster import Raster
 from codec.report import EncodeReport
 from codec.settings import Settings
 
+if TYPE_CHECKING:
+    from codec.rpft import AdaptConfig
+
 
 @dataclass(frozen=True)
 class LosslessSettings(Settings):
+    """Every knob of the learned coder, with its one default (``codec.defaults``): ``encode``,
+    ``archive`` and the job spec all go through this. A spec written before a field existed
+    loads with its default (what ``codec.api.encode_many`` did then too, except ``calibration``,
+    which files and restores record per file)."""
+
     steps: int = DEFAULT_STEPS  # per-image fine-tuning steps T (0: the pre-trained model)
     adapt_patches: int = DEFAULT_ADAPT_PATCHES  # most patches per step (0: all)
     model: str | None = None  # a model file; None = the shipped default
     jxl_effort: int = DEFAULT_JXL_EFFORT  # libjxl effort of the JPEG-XL files (1..10)
+    calibration: int = DEFAULT_CALIBRATION  # backward-adaptive calibration scheme (0: none)
+    patches_per_stream: int | None = None  # None: the default for the model's patch size
+    lr: float = DEFAULT_ADAPT_LR  # Adam learning rate of the adapters
+    adapt_order: str = "rate"  # patch order: rate (RPFT), random or all
+    adapt_layers: str = "all"  # what adapts: all, last or head
+    adapt_min_pixels: int = MIN_ADAPT_PIXELS  # smaller images are not adapted
+    adapt_stop_below: float = 0.0  # early stop on a small estimated gain (0: every step)
+    lora_rank: int = DEFAULT_LORA_RANK
+    tucker_ranks: tuple[int, int, int] = DEFAULT_TUCKER_RANKS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tucker_ranks", tuple(self.tucker_ranks))  # a JSON spec gives a list
+
+    def check(self) -> None:
+        """``ValueError`` naming the first value out of range (the CLI makes it a usage error, a
+        worker an ``UnsupportedError``), before any image is read."""
+        from codec.fallback import check_jxl_effort
+
+        check_jxl_effort(self.jxl_effort)
+        if self.calibration not in CALIBRATION_SCHEMES:
+            raise ValueError(f"calibration must be one of {CALIBRATION_SCHEMES}, not {self.calibration}")
+        if self.patches_per_stream is not None and not 1 <= self.patches_per_stream <= MAX_PATCHES_PER_STREAM:
+            raise ValueError(f"patches_per_stream must be in 1..{MAX_PATCHES_PER_STREAM}")
+        self.adapt_config()
+
+    def adapt_config(self) -> AdaptConfig | None:
+        """The per-image fine-tuning these settings ask for (None at T = 0); ``ValueError`` names
+        a value out of range."""
+        if self.steps == 0:
+            return None
+        from codec.adapters import AdapterSpec
+        from codec.rpft import AdaptConfig
+
+        return AdaptConfig(
+            steps=self.steps,
+            lr=self.lr,
+            order=self.adapt_order,
+            layers=self.adapt_layers,
+            max_patches=self.adapt_patches or None,
+            spec=AdapterSpec(self.lora_rank, self.tucker_ranks),
+            min_pixels=self.adapt_min_pixels,
+            stop_below=self.adapt_stop_below,
+        )
 
 
 class LosslessEncoder:
     """``codec.registry.Encoder``: the model loaded once on ``device`` (and on the CPU for
     verifying and decoding, only when first needed)."""
 
-    def __init__(self, settings: LosslessSettings, device: str, coder: str) -> None:
-        from codec import api, fallback
-        from codec.rpft import AdaptConfig
-
+    def __init__(self, settings: LosslessSettings, device: str, coder: str, lazy: bool = False) -> None:
         try:
-            fallback.check_jxl_effort(settings.jxl_effort)
+            settings.check()
         except ValueError as exc:
             raise UnsupportedError(str(exc)) from None
         self.settings, self.device, self.coder = settings, device, coder
-        self.model = api.load_model(settings.model, device=device)
-        self.adapt = (
-            AdaptConfig(steps=settings.steps, max_patches=settings.adapt_patches or None) if settings.steps else None
-        )
+        self.adapt = settings.adapt_config()
+        self._model = None
+        if not lazy:  # a job's workers: a missing or wrong model fails as they start
+            _ = self.model
+
+    @property
+    def model(self) -> Any:
+        """The model, loaded on first use (``lazy``: ``callic encode`` of images it never codes,
+        gray or 16-bit, never loads it)."""
+        if self._model is None:
+            from codec import api
+
+            self._model = api.load_model(self.settings.model, device=self.device)
+        return self._model
 
     def encode_many(self, rasters: list[Raster], *, verify: bool) -> list[tuple[bytes, EncodeReport]]:
-        from codec.api import encode_many
+        from codec.api import encode_many, learned_path
 
         if not rasters:
             return []
         return encode_many(
             rasters,
-            model=self.model,
+            model=self.model if any(learned_path(r) for r in rasters) else None,
             device=self.device,
             adapt=self.adapt,
             verify=verify,
             coder=self.coder,
             jxl_effort=self.settings.jxl_effort,
+            calibration=self.settings.calibration,
+            patches_per_stream=self.settings.patches_per_stream,
         )
 
     def fingerprint(self) -> dict[str, str]:
@@ -76,8 +147,8 @@ class LosslessCodec:
     coder: str
     settings_type: type = LosslessSettings
 
-    def open(self, settings: Any, device: str) -> LosslessEncoder:
-        return LosslessEncoder(settings, device, self.coder)
+    def open(self, settings: Any, device: str, lazy: bool = False) -> LosslessEncoder:
+        return LosslessEncoder(settings, device, self.coder, lazy)
 
 
 AUTO = LosslessCodec("auto", "auto")

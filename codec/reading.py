@@ -21,10 +21,11 @@ from codec.raster import Raster, hash_of_version, palette_problem
 from codec.registry import coder as registered_coder
 
 
-def decode(data: bytes, *, model: Any = None, device: str = "cpu", lossy_model: Any = None) -> Raster:
+def decode(data: bytes, *, model: Any = None, device: str = "cpu") -> Raster:
     """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
-    made with), or a ``CallicError`` saying why not. ``model`` (and ``lossy_model``): loaded
-    models of any codec to use where the file names them; other models are found by hash."""
+    made with), or a ``CallicError`` saying why not. ``model``: a loaded model of any codec, or a
+    list or tuple of them, used where the file names it (by digest); other models are found by
+    hash (``codec.weights``)."""
     header, container = read_header(data)
     shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
     coder = registered_coder(header.coder)
@@ -32,7 +33,7 @@ def decode(data: bytes, *, model: Any = None, device: str = "cpu", lossy_model: 
         raise CorruptFileError(f"a CALB section in a {coder.name} file (only the learned coder calibrates)")
     if not coder.model and header.model_hash != bytes(32):
         raise CorruptFileError(f"a {coder.name} file that names a model")
-    models = [m for m in (model, lossy_model) if m is not None]
+    models = [m for m in (model if isinstance(model, (list, tuple)) else [model]) if m is not None]
     pixels = coder.decode_pixels(header, container, container.require(b"DATA"), models, device)
     if not isinstance(pixels, np.ndarray) or pixels.shape != header.shape or pixels.dtype != np.dtype(header.dtype):
         got = f"{pixels.shape} {pixels.dtype}" if isinstance(pixels, np.ndarray) else type(pixels).__name__

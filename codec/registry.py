@@ -107,7 +107,11 @@ class Codec(Protocol):
     name: str
     settings_type: type  # a frozen ``codec.settings.Settings`` dataclass
 
-    def open(self, settings: Any, device: str) -> Encoder: ...
+    def open(self, settings: Any, device: str, lazy: bool = False) -> Encoder:
+        """Its encoder with ``settings``, models loaded now (a job's workers: a missing or
+        wrong model fails as they start), or with ``lazy`` when first needed (``callic
+        encode`` of images that never need one)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -195,12 +199,16 @@ def codec_names() -> list[str]:
     return [e.name for e in codec_entries()]
 
 
-def codec(name: str) -> Codec:
+def codec_entry(name: str) -> CodecEntry:
     _load_plugins()
     entry = _CODECS.get(name)
     if entry is None:
         raise UnsupportedError(f"codec {name!r} is not available (choose from {', '.join(_CODECS)})")
-    return entry.load()
+    return entry
+
+
+def codec(name: str) -> Codec:
+    return codec_entry(name).load()
 
 
 # The coders and codecs of this package. Coder ids 1-4 are in files already: never reuse one.

@@ -18,8 +18,9 @@ from typing import Any
 
 import codec
 from codec import registry
-from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS, JXL_EFFORTS, MIN_ADAPT_PIXELS
+from codec.defaults import DEFAULT_JXL_EFFORT
 from codec.errors import CallicError
+from jobs.adaptargs import add_coding_arguments, coding_fields
 from jobs.archivecodec import DEFAULT_CODEC, ArchiveCodecFactory, CodecSettings, check_pinned, open_encoder
 from jobs.imagefiles import IMAGE_SUFFIXES
 from pipeline import cluster, driver, events, job, manifest, progress, restore, status
@@ -150,15 +151,13 @@ def cmd_archive(args: argparse.Namespace) -> int:
         raise job.JobError(f"no image files in {redact(args.src)}")
     lossy_model = os.path.abspath(args.lossy_model) if args.lossy_model and "://" not in args.lossy_model else None
     settings = CodecSettings(
-        args.codec,
-        args.steps,
-        args.adapt_patches,
-        args.model,
-        args.batch,
-        args.jpeg,
-        args.quality,
-        lossy_model or args.lossy_model,
-        jxl_effort=args.jxl_effort,
+        codec=args.codec,
+        model=args.model,
+        batch=args.batch,
+        jpeg=args.jpeg,
+        quality=args.quality,
+        lossy_model=lossy_model or args.lossy_model,
+        **coding_fields(args),  # every flag encode has, checked here
     )
     # Fail before the job exists; the workers load the same files and check their hashes.
     with progress.phase("loading the model", _show_progress(args)):
@@ -220,7 +219,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     options = storage_options(args.storage_options)
     job_store = Store(args.job, options)
     spec, _ = job.load(job_store)
-    settings = CodecSettings(**spec.codec)
+    settings = CodecSettings.from_dict(spec.codec, f"job {spec.job_id}'s codec settings")
     with progress.phase("loading the model", _show_progress(args)):
         found = open_encoder(settings, "cpu").fingerprint()
     try:  # a spec from before ``models`` pins the learned model (and a cca job its lossy_model_hash)
@@ -339,26 +338,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
     p.add_argument("--lossy-model", help="cca: a model file instead of a shipped rate point")
-    p.add_argument(
-        "--jxl-effort",
-        type=int,
-        choices=JXL_EFFORTS,
-        default=DEFAULT_JXL_EFFORT,
-        metavar="E",
-        help=f"libjxl effort 1..10 of the JPEG-XL lossless files, as cjxl -e (default {DEFAULT_JXL_EFFORT})",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULT_STEPS,
-        help=f"adaptation steps T (0: none; default {DEFAULT_STEPS}); images under {MIN_ADAPT_PIXELS} pixels are "
-        "never adapted",
-    )
-    p.add_argument(
-        "--adapt-patches",
-        type=int,
-        default=DEFAULT_ADAPT_PATCHES,
-        help=f"most patches per adaptation step (0: all; default {DEFAULT_ADAPT_PATCHES})",
+    add_coding_arguments(
+        p, f"libjxl effort 1..10 of the JPEG-XL lossless files, as cjxl -e (default {DEFAULT_JXL_EFFORT})"
     )
     p.add_argument("--batch", type=int, default=0, help="images adapted together (default: 8 on a GPU, 1 on a CPU)")
     p.add_argument("--model", help="model file; default: the shipped model")

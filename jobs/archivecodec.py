@@ -42,9 +42,9 @@ from PIL import Image, UnidentifiedImageError
 
 import codec
 from codec import registry, sourcecheck
-from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_JXL_EFFORT, DEFAULT_STEPS
 from codec.errors import ImageReadError, UnsupportedError, VerificationError
 from codec.images import InexactReadError, read_image, write_image_bytes
+from codec.lossy.codec import LossySettings
 from codec.raster import Raster, hash_of_version
 from pipeline.items import Encoded, Resources
 
@@ -60,26 +60,18 @@ DEFAULT_CODEC = "auto"
 
 
 @dataclass(frozen=True)
-class CodecSettings:
-    """Everything the job spec records about coding (``JobSpec.codec``): the codec's name, the
-    job's own choices (``batch``, ``jpeg``), and the fields of every codec's settings side by
-    side (each codec takes its own, ``codec.settings.Settings.pick``). A spec written by an older
-    version lacks the newer fields (``jxl_effort``): they load with their defaults, which are what
-    that version did."""
+class CodecSettings(LossySettings):
+    """Everything the job spec records about coding (``JobSpec.codec``): the codecs' settings
+    (``LossySettings``, which holds the lossless ones; each codec takes its own fields,
+    ``codec.settings.Settings.pick``, so each knob is defined and defaulted once, in the codec),
+    the codec's name and the job's own choices (``batch``, ``jpeg``). A spec written by an older
+    version lacks the newer fields (``jxl_effort``, the adaptation flags): they load with their
+    defaults, which are what that version did; a field this version does not know is refused
+    by name (``from_dict``)."""
 
     codec: str = DEFAULT_CODEC
-    steps: int = DEFAULT_STEPS
-    adapt_patches: int = DEFAULT_ADAPT_PATCHES
-    model: str | None = None  # a model file; None = the shipped default
     batch: int = 0  # images adapted together; 0 = 8 on a GPU, 1 on a CPU
     jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
-    quality: int | None = None  # cca: the shipped rate point (None: the highest)
-    lossy_model: str | None = None  # cca: a model file instead of a shipped rate point
-    lossy_model_hash: str | None = None  # cca, specs before ``JobSpec.models``: the pinned model
-    jxl_effort: int = DEFAULT_JXL_EFFORT  # libjxl effort of the JPEG-XL lossless files (1..10)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def open_encoder(settings: CodecSettings, device: str) -> Encoder:

@@ -45,7 +45,7 @@ import imagecodecs
 import numpy as np
 
 from codec.defaults import CALIBRATION_SCHEMES, DEFAULT_CALIBRATION, DEFAULT_STEPS, MIN_ADAPT_PIXELS
-from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, adapt_config, add_adapt_arguments
+from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, adapt_config, adapt_fields, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.benchimages import SUFFIXES, NotRGBError, list_bench_images, load_pixels  # noqa: F401 (re-exported)
 from jobs.rowlog import RowLog
@@ -136,50 +136,48 @@ def add_green(pixels: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Variant:
-    """One callic configuration under test: T (0 = no adaptation; default the CLI's and the API's
-    ``DEFAULT_STEPS``), the RPFT patch order and the calibration scheme (``codec.calibration``;
-    named ``-cal0`` when it is not the default)."""
+    """One configuration of an adapting codec under test (``callic``, ``auto``: a registry codec
+    whose settings take ``steps``): T (0 = no adaptation; default the CLI's and the API's
+    ``DEFAULT_STEPS``), the RPFT patch order, the adapted layers and the calibration scheme
+    (``codec.calibration``; named ``-cal0`` when it is not the default)."""
 
     steps: int = DEFAULT_STEPS
     order: str = "rate"
     calibration: int = DEFAULT_CALIBRATION
     layers: str = "all"
 
-    @property
-    def name(self) -> str:
+    def name_for(self, codec: str) -> str:
+        """The column of ``codec`` at this variant: ``callic``, ``callic-t10``, ``auto-t10-all-cal0``..."""
         cal = "" if self.calibration == DEFAULT_CALIBRATION else f"-cal{self.calibration}"
         if self.steps == 0:
-            return "callic" + cal
+            return codec + cal
         order = "" if self.order == "rate" else f"-{self.order}"
         layers = "" if self.layers == "all" else f"-{self.layers}"
-        return f"callic-t{self.steps}{order}{layers}{cal}"
+        return f"{codec}-t{self.steps}{order}{layers}{cal}"
+
+    def settings(self) -> dict[str, Any]:
+        """The ``codec.lossless.LosslessSettings`` fields this variant sets."""
+        return {
+            "steps": self.steps,
+            "adapt_order": self.order,
+            "adapt_layers": self.layers,
+            "calibration": self.calibration,
+        }
 
 
-def callic_codec(model: Any, device: str, adapt: Any, name: str, calibration: int = DEFAULT_CALIBRATION) -> Codec:
-    """Our codec with its model loaded once (not per image); ``details`` gives the stage times."""
-    import codec.api
+def adapts(name: str) -> bool:
+    """Whether a codec under test is run once per variant: a registry codec whose settings take
+    per-image fine-tuning steps (an anchor never is)."""
+    from codec import registry
 
-    last: Row = {}
-
-    def encode(pixels: np.ndarray) -> bytes:
-        # The learned coder's own file: "auto" would hand JPEG-XL's in where it is smaller.
-        [(data, report)] = codec.api.encode_many(
-            [pixels], model=model, device=device, adapt=adapt, coder="learned", calibration=calibration
-        )
-        last.clear()
-        last.update({k: report.timings.get(k) for k in STAGES})
-        last.update(adapters=report.adapters, adapter_bytes=report.adapter_bytes)
-        return data
-
-    def decode(data: bytes) -> np.ndarray:
-        return codec.api.decode(data, model=model, device=device).pixels
-
-    return Codec(name, encode, decode, lambda: dict(last))
+    if name in ANCHOR_NAMES:
+        return False
+    return "steps" in registry.codec(name).settings_type.field_names()
 
 
 def expand_codecs(names: Sequence[str], variants: Sequence[Variant]) -> list[str]:
-    """Codec names with ``callic`` replaced by one name per variant."""
-    return [name for n in names for name in ([v.name for v in variants] if n == "callic" else [n])]
+    """Codec names with each adapting codec replaced by one name per variant."""
+    return [name for n in names for name in ([v.name_for(n) for v in variants] if adapts(n) else [n])]
 
 
 def build_codecs(
@@ -188,40 +186,54 @@ def build_codecs(
     device: str,
     threads: int | None,
     variants: Sequence[Variant] = (Variant(0),),
-    adapt_for: Callable[[Variant], Any] = lambda v: None,
+    adapt: dict[str, Any] | None = None,
 ) -> tuple[list[Codec], str | None]:
-    """The selected codecs in the order given; the model is only loaded when callic is among them.
-    A name that is neither callic nor an anchor is a ``codec.registry`` codec, with its default
-    settings (and ``model_path`` for its model, if it has one)."""
+    """The selected codecs in the order given: the anchors, and ``codec.registry`` codecs (one
+    per variant where they adapt, with the shared adaptation flags ``adapt``, ``LosslessSettings``
+    fields). Also the learned model's SHA-256 (hex), if one is used."""
     anchors = anchor_codecs(threads)
     codecs, model_hash = [], None
     for name in names:
-        if name == "callic":
-            import codec.api
-
-            model = codec.api.load_model(model_path, device)
-            model_hash = model.digest.hex()
-            codecs += [callic_codec(model, device, adapt_for(v), v.name, v.calibration) for v in variants]
-        elif name in anchors:
+        if name in anchors:
             codecs.append(anchors[name])
-        else:
-            codecs.append(registered_codec(name, model_path, device))
+            continue
+        for v in variants if adapts(name) else [None]:
+            values = {"model": model_path, **(adapt or {})} | (v.settings() if v else {"steps": 0})
+            c, fingerprint = registered_codec(name, values, device, v.name_for(name) if v else name)
+            codecs.append(c)
+            model_hash = model_hash or fingerprint.get("model")
     return codecs, model_hash
 
 
-def registered_codec(name: str, model_path: str | None, device: str) -> Codec:
-    """A ``codec.registry`` codec under test, opened once, at T = 0 (the bench's variants are
-    callic's): what ``callic archive --codec NAME`` would store, and its decoder."""
+def registered_codec(name: str, values: dict[str, Any], device: str, column: str) -> tuple[Codec, dict[str, str]]:
+    """A ``codec.registry`` codec under test with the settings ``values`` (those its settings
+    take), opened once: what ``callic archive --codec NAME`` would store, its decoder, and the
+    report's stage times and adapters as extra columns. Also its fingerprint (model hashes)."""
     from codec import registry
     from codec.raster import Raster
 
     chosen = registry.codec(name)
-    encoder = chosen.open(chosen.settings_type.pick({"model": model_path, "steps": 0}), device)
+    encoder = chosen.open(chosen.settings_type.pick(values), device)
+    last: Row = {}
 
     def encode(pixels: np.ndarray) -> bytes:
-        return encoder.encode_many([Raster.from_array(pixels)], verify=False)[0][0]
+        [(data, report)] = encoder.encode_many([Raster.from_array(pixels)], verify=False)
+        last.clear()
+        last.update({k: report.timings.get(k) for k in STAGES})
+        last.update(adapters=report.adapters, adapter_bytes=report.adapter_bytes)
+        return data
 
-    return Codec(name, encode, lambda data: encoder.decode(data).pixels)
+    return Codec(column, encode, lambda data: encoder.decode(data).pixels, lambda: dict(last)), encoder.fingerprint()
+
+
+def model_file_hash(model_path: str | None) -> str:
+    """The SHA-256 (hex) of the learned model file (the shipped default if None), from its bytes:
+    the driver of a run on workers does not load the model."""
+    import hashlib
+
+    from codec.weights import default_model_path, read_model_bytes
+
+    return hashlib.sha256(read_model_bytes(model_path or default_model_path())).hexdigest()
 
 
 def bench_codec_names() -> tuple[str, ...]:
@@ -231,12 +243,6 @@ def bench_codec_names() -> tuple[str, ...]:
 
     extra = [e.name for e in registry.codec_entries() if not e.lossy and e.name not in CODEC_NAMES]
     return (*CODEC_NAMES, *extra)
-
-
-def model_digest(model_path: str | None) -> str:
-    import codec.api
-
-    return codec.api.load_model(model_path, "cpu").digest.hex()
 
 
 def comma_list(text: str) -> list[str]:
@@ -387,21 +393,20 @@ def ordered(log: RowLog, names: Sequence[str], codec_names: Sequence[str]) -> li
 
 @dataclass(frozen=True)
 class BenchCodecs:
-    """Builds the benchmark's codecs in a Ray worker (the model loaded once per worker)."""
+    """Builds the benchmark's codecs in a Ray worker (the models loaded once per worker)."""
 
     names: tuple[str, ...]
     model: str | None
     device: str
     chosen: tuple[Variant, ...]
-    configs: tuple[tuple[Variant, Any], ...]
+    adapt: tuple[tuple[str, Any], ...]  # the shared adaptation flags, ``LosslessSettings`` fields
 
     def __call__(self, resources: Any) -> list[Codec]:
         from jobs.runtime import allow_large_images
 
         allow_large_images()
         setup_torch(resources.threads, self.device)
-        configs = dict(self.configs)
-        return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, configs.get)[0]
+        return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, dict(self.adapt))[0]
 
 
 RAY_ATTEMPTS = 2  # an image whose worker dies is tried once more on a fresh one, then recorded as failed
@@ -575,10 +580,11 @@ def report_text(rows: Sequence[Row], codec_names: Sequence[str], env: str) -> st
         "times are medians over verified runs.",
         summary_table(summary, reference),
     ]
-    staged = [c for c in codec_names if c.startswith("callic")]
+    timed = {r["codec"] for r in rows if any(r.get(k) is not None for k in STAGES)}
+    staged = [c for c in codec_names if c in timed]  # the learned coder's stages (callic, auto)
     if staged:
         parts += [
-            "## callic encode stages",
+            "## Learned encode stages",
             "Median seconds per stage over verified runs; adapters kept / images (the rest carry none).",
             stage_table(rows, staged),
         ]
@@ -795,11 +801,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)
         return 1
     chosen = variants(args.steps, args.adapt_order, args.calibration, args.adapt_layers)
-    configs = {v: adapt_config(args, v.steps, v.order, v.layers) for v in chosen}  # flags checked before any work
+    for v in chosen:  # flags checked before any work
+        adapt_config(args, v.steps, v.order, v.layers)
+    adapt = adapt_fields(args)
     if args.workers:  # the workers build their own; here only the model's hash is needed
-        codecs, model_hash = [], (model_digest(args.model) if "callic" in args.codecs else None)
+        codecs, model_hash = [], (model_file_hash(args.model) if any(map(adapts, args.codecs)) else None)
     else:
-        codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, configs.get)
+        codecs, model_hash = build_codecs(args.codecs, args.model, args.device, args.threads, chosen, adapt)
     codec_names = expand_codecs(args.codecs, chosen)
     settings = {
         "model": model_hash,
@@ -815,7 +823,7 @@ def main(args: argparse.Namespace) -> int:
         from pipeline import cluster
 
         cluster.connect(args.address)
-        factory = BenchCodecs(tuple(args.codecs), args.model, args.device, tuple(chosen), tuple(configs.items()))
+        factory = BenchCodecs(tuple(args.codecs), args.model, args.device, tuple(chosen), tuple(adapt.items()))
         rows = run_on_ray(fs, paths, names, factory, codec_names, args.repeat, log, args.workers)
     else:
         rows = run(fs, paths, names, codecs, args.repeat, log, quiet=args.quiet)

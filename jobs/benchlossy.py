@@ -97,7 +97,7 @@ def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str
     def decode(data: bytes) -> np.ndarray:
         digest = bytes.fromhex(codec.info(data)["model_sha256"])
         model = next(m for m in models if m.digest == digest)
-        return codec.decode(data, lossy_model=model).pixels
+        return codec.decode(data, model=model).pixels
 
     return LossyCodec("cca", list(by_index), encode, decode), [m.digest.hex()[:16] for m in models]
 

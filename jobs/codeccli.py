@@ -37,21 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from codec.defaults import (
-    CALIBRATION_SCHEMES,
-    DEFAULT_CALIBRATION,
     DEFAULT_JXL_EFFORT,
-    DEFAULT_PATCHES_PER_STREAM,
-    DEFAULT_STEPS,
-    JXL_EFFORTS,
 )
 from codec.errors import CallicError
 from jobs.cli import COMMANDS, THREADS_HELP, UsageError, error_report
 
 STDIO = "-"
 STDIN_NAME, STDOUT_NAME = "<stdin>", "<stdout>"
-# --codec: the lossless choice as ``codec.api.encode``'s ``coder``; cca is the lossy codec.
-CODEC_CHOICES = {"auto": "auto", "callic": "learned", "cca": None}
-ADAPT_ORDERS = ("rate", "random", "all")  # codec.rpft.ORDERS, without importing torch (a test keeps them equal)
 # --format (decode) -> the writer's format name and the extension of files written into a folder.
 DECODE_FORMATS = {"png": ("PNG", ".png"), "tiff": ("TIFF", ".tif"), "ppm": ("PPM", ".ppm"), "bmp": ("BMP", ".bmp")}
 
@@ -233,41 +225,35 @@ def _finite(value: float) -> float | None:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    if args.quality is not None and args.codec != "cca":
-        raise UsageError("--quality applies to --codec cca (the lossy codec) only")
+    """Every input through the chosen ``codec.registry`` codec, opened once with the flags'
+    settings (``LosslessSettings``, and the lossy fields for a lossy codec, whose ``--model`` is
+    its own model file)."""
+    from codec import registry
+    from jobs.adaptargs import coding_fields
     from jobs.imagefiles import IMAGE_SUFFIXES
 
+    entry = registry.codec_entry(args.codec)
+    if args.quality is not None and not entry.lossy:
+        raise UsageError(f"--quality applies to a lossy codec (cca) only, not {args.codec}")
     jobs = plan(args.inputs, args.output, IMAGE_SUFFIXES, ".cllc")
-    from jobs.adaptargs import adapt_config
     from jobs.runtime import setup_torch
 
     setup_torch(args.threads, args.device)
-    adapt = adapt_config(args, args.steps)  # flags checked before any file is read
-    from codec.api import MAX_PATCHES_PER_STREAM
+    fields = coding_fields(args)  # flags checked before any file is read
+    model = {"lossy_model": args.model, "quality": args.quality} if entry.lossy else {"model": args.model}
+    chosen = registry.codec(args.codec)
+    settings = chosen.settings_type.pick(fields | model)
 
-    if args.patches_per_stream is not None and not 1 <= args.patches_per_stream <= MAX_PATCHES_PER_STREAM:
-        raise UsageError(f"--patches-per-stream must be in 1..{MAX_PATCHES_PER_STREAM}")
-    if args.codec == "cca":
-        model = Once(lambda: _lossy_model(args.model, args.quality, args.device))
-        model.get()  # a bad --quality or --model is the command's error, not each file's
-        return run_jobs(args, jobs, lambda job, rep: encode_lossy_file(job, rep, args, model))
-    model = Once(lambda: _lossless_model(args.model, args.device))
-    return run_jobs(args, jobs, lambda job, rep: encode_file(job, rep, args, model, adapt))
+    def open_encoder():
+        try:
+            return chosen.open(settings, args.device, lazy=True)
+        except ValueError as exc:  # --quality outside the shipped rate points
+            raise UsageError(str(exc)) from None
 
-
-def _lossless_model(path: str | None, device: str):
-    import codec
-
-    return codec.load_model(path, device)
-
-
-def _lossy_model(path: str | None, quality: int | None, device: str):
-    from codec.lossy.api import load_lossy_model
-
-    try:
-        return load_lossy_model(path, quality, device)
-    except ValueError as exc:  # --quality outside the shipped rate points
-        raise UsageError(str(exc)) from None
+    encoder = Once(open_encoder)
+    if entry.lossy:
+        encoder.get()  # a bad --quality or --model is the command's error, not each file's
+    return run_jobs(args, jobs, lambda job, rep: encode_file(job, rep, args, encoder, entry.lossy))
 
 
 def _read_raster(job: Job):
@@ -278,26 +264,26 @@ def _read_raster(job: Job):
     return read_image(read_stdin(MAX_INPUT_BYTES), name=STDIN_NAME)
 
 
-def encode_file(job: Job, rep: Reporter, args: argparse.Namespace, model: Once, adapt) -> None:
-    """One image to a lossless ``.cllc``: the learned coder, JPEG-XL lossless or zlib (``--codec``)."""
-    import codec.api
+def encode_file(job: Job, rep: Reporter, args: argparse.Namespace, encoder: Once, lossy: bool) -> None:
+    """One image to a ``.cllc``. A lossy codec gets it as 8-bit RGB (gray, palette and RGBA are
+    turned into RGB, alpha dropped; other images are refused): ``encode --codec cca`` means a
+    lossy file, where an archive job would code what the lossy codec cannot take losslessly."""
+    from codec import registry
 
     raster = _read_raster(job)
-    learned = codec.api.learned_path(raster)  # load the model only for the images that use it
+    if lossy:
+        raster = lossy_input(raster)
     start = time.perf_counter()
-    [(data, report)] = codec.api.encode_many(
-        [raster],
-        model=model.get() if learned else None,
-        device=args.device,
-        verify=args.verify,
-        patches_per_stream=args.patches_per_stream,
-        calibration=args.calibration,
-        adapt=adapt,
-        coder=CODEC_CHOICES[args.codec],
-        jxl_effort=args.jxl_effort,
-    )
+    [(data, report)] = encoder.get().encode_many([raster], verify=args.verify)
     seconds = time.perf_counter() - start
     write_output(job, data)
+    if registry.coder_named(report.coder).lossy:
+        _report_lossy(job, rep, args, raster, data, report, seconds)
+    else:
+        _report_lossless(job, rep, args, raster, data, report, seconds)
+
+
+def _report_lossless(job: Job, rep: Reporter, args: argparse.Namespace, raster, data: bytes, report, seconds) -> None:
     samples = raster.pixels.size
     bpsp = 8 * len(data) / samples
     record = {
@@ -340,27 +326,12 @@ def _stage_lines(report, samples: int) -> list[str]:
     return lines
 
 
-def encode_lossy_file(job: Job, rep: Reporter, args: argparse.Namespace, model: Once) -> None:
-    """One image to a lossy ``.cllc`` (8-bit RGB; gray, palette and RGBA are turned into RGB,
-    alpha dropped), reported in bits per pixel with the PSNR of what it decodes to."""
-    import numpy as np
-
-    import codec
-    from codec.lossy.api import encode_lossy_with_reconstruction
-    from jobs.quality import psnr
-
-    raster = _read_raster(job)
-    if raster.mode == "RGBA" or (raster.pixels.dtype == np.uint8 and raster.mode in ("L", "P")):
-        raster = codec.Raster.from_array(np.ascontiguousarray(raster_rgb(raster)))
-    lossy = model.get()
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    data, recon = encode_lossy_with_reconstruction(raster, model=lossy, verify=args.verify, timings=timings)
-    seconds = time.perf_counter() - start
-    write_output(job, data)
+def _report_lossy(job: Job, rep: Reporter, args: argparse.Namespace, raster, data: bytes, report, seconds) -> None:
+    """A lossy file in bits per pixel, with the PSNR of what it decodes to (the encoder's)."""
     bpp = 8 * len(data) / (raster.width * raster.height)
-    quality = _finite(psnr(raster.pixels, recon))
-    setting = f"model {lossy.digest.hex()[:16]}" if args.model else f"quality {_quality(args)}"
+    quality = _finite(report.psnr) if report.psnr is not None else None
+    level = report.extra_facts.get("quality")
+    setting = f"quality {level}" if level else f"model {report.model_hash[:16]}"
     record = {
         "input": job.name,
         "output": job.target_name,
@@ -368,24 +339,33 @@ def encode_lossy_file(job: Job, rep: Reporter, args: argparse.Namespace, model: 
         "bpp": bpp,
         "psnr": quality,
         "seconds": round(seconds, 3),
-        "coder": "cca",
-        "quality": None if args.model else _quality(args),
-        "model_sha256": lossy.digest.hex(),
+        "coder": report.coder,
+        "quality": int(level) if level else None,
+        "model_sha256": report.model_hash,
         "verified": args.verify,
     }
     line = (
         f"{job.name} -> {job.target_name}: {len(data)} bytes, {bpp:.3f} bpp, PSNR "
-        f"{'inf' if quality is None else f'{quality:.2f}'} dB, cca (lossy, {setting}), {seconds:.2f} s"
+        f"{'inf' if quality is None else f'{quality:.2f}'} dB, {report.coder} (lossy, {setting}), {seconds:.2f} s"
         f"{' (verified)' if args.verify else ''}"
     )
-    details = ["  stages: " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in timings.items())] if args.verbose else []
-    rep.done(line, record, details)
+    stages = ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in report.timings.items())
+    rep.done(line, record, [f"  stages: {stages}"] if args.verbose else [])
 
 
-def _quality(args: argparse.Namespace) -> int:
-    from codec.lossy.api import quality_levels
+def lossy_input(raster):
+    """What a lossy codec codes of an image: 8-bit RGB as it is; 8-bit gray, palette or RGBA as
+    RGB (alpha dropped); ``UnsupportedError`` for anything else."""
+    import numpy as np
 
-    return args.quality if args.quality is not None else len(quality_levels())
+    import codec
+    from codec.errors import UnsupportedError
+
+    if raster.mode == "RGBA" or (raster.pixels.dtype == np.uint8 and raster.mode in ("L", "P")):
+        raster = codec.Raster.from_array(np.ascontiguousarray(raster_rgb(raster)))
+    if raster.pixels.dtype != np.uint8 or raster.mode != "RGB":
+        raise UnsupportedError(f"the lossy codec takes 8-bit RGB images, not {raster.mode} {raster.pixels.dtype}")
+    return raster
 
 
 def raster_rgb(raster):
@@ -413,10 +393,21 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     setup_torch(args.threads, "cpu")
     models = {
-        "lossless": Once(lambda: _lossless_model(args.model, "cpu")),
-        "lossy": Once(lambda: _lossy_model(args.model, None, "cpu")),
+        "lossless": Once(lambda: _model_file(args.model, lossy=False)),
+        "lossy": Once(lambda: _model_file(args.model, lossy=True)),
     }
     return run_jobs(args, jobs, lambda job, rep: decode_file(job, rep, args, formats[job.target], models))
+
+
+def _model_file(path: str, lossy: bool):
+    """``decode --model``: the file as the model of a lossy or a lossless file, on the CPU."""
+    if lossy:
+        from codec.lossy.api import load_lossy_model
+
+        return load_lossy_model(path, None, "cpu")
+    import codec
+
+    return codec.load_model(path, "cpu")
 
 
 def _output_format(job: Job, chosen: str | None) -> str:
@@ -444,13 +435,8 @@ def decode_file(job: Job, rep: Reporter, args: argparse.Namespace, fmt: str, mod
     start = time.perf_counter()
     data = read_stdin(MAX_FILE_BYTES) if job.source == STDIO else read_cllc(job.source)
     meta = codec.info(data)
-    model = lossy = None
-    if args.model:
-        if meta["lossy"]:
-            lossy = models["lossy"].get()
-        else:
-            model = models["lossless"].get()
-    raster = codec.decode(data, model=model, lossy_model=lossy)
+    model = models["lossy" if meta["lossy"] else "lossless"].get() if args.model else None
+    raster = codec.decode(data, model=model)
     image = write_image_bytes(raster, fmt)
     write_output(job, image)
     seconds = time.perf_counter() - start
@@ -521,44 +507,23 @@ def _io_arguments(p: argparse.ArgumentParser, what: str, into: str) -> None:
 
 
 def add_encode_parser(sub: Any) -> None:
-    from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, add_adapt_arguments
+    from jobs.adaptargs import add_coding_arguments
 
     p = sub.add_parser("encode", help=COMMANDS["encode"].help)
     _io_arguments(p, "image", "the .cllc")
-    codec_help = (
-        "auto (default): the learned file, or JPEG-XL lossless where that is not larger; callic: the "
-        "learned coder always; cca: the lossy codec (8-bit RGB; alpha dropped)"
-    )
-    p.add_argument("--codec", choices=list(CODEC_CHOICES), default="auto", help=codec_help)
-    effort_help = f"libjxl effort 1..10 of the JPEG-XL lossless candidate (default {DEFAULT_JXL_EFFORT})"
-    p.add_argument(
-        "--jxl-effort", type=int, choices=JXL_EFFORTS, default=DEFAULT_JXL_EFFORT, metavar="E", help=effort_help
-    )
+    from codec import registry
+
+    codecs = registry.codec_entries()
+    default = codecs[0].name
+    codec_help = "; ".join(f"{e.name}{' (default)' if e.name == default else ''}: {e.help}" for e in codecs)
+    codec_help += " (a lossy codec's file: 8-bit RGB, alpha dropped)"
+    p.add_argument("--codec", choices=[e.name for e in codecs], default=default, help=codec_help)
     p.add_argument("--quality", type=int, help="cca: shipped rate point 1..N, higher is better (default N)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--verify", action="store_true", help="decode on the CPU and compare before writing")
     p.add_argument("--model", help="model file (.safetensors); default: the shipped model")
-    p.add_argument(
-        "--patches-per-stream",
-        type=int,
-        default=None,
-        help="patches per independently coded stream (bounds the decoder's memory; default "
-        f"{DEFAULT_PATCHES_PER_STREAM} for 64x64 patches, fewer for bigger patches: the same pixels per stream)",
-    )
-    p.add_argument(
-        "--calibration",
-        type=int,
-        choices=CALIBRATION_SCHEMES,
-        default=DEFAULT_CALIBRATION,
-        help="learned coder: correct the model's predictions from the pixels already coded (scheme 1, "
-        f"no side information; 0: off, as files before it). Default {DEFAULT_CALIBRATION}",
-    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the time of each stage and the adaptation")
-    steps_help = f"fine-tuning steps T (0: none; default {DEFAULT_STEPS}; small images are never adapted)"
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=steps_help)
-    p.add_argument("--adapt-order", choices=ADAPT_ORDERS, default="rate", help="patch order (rate = RPFT)")
-    p.add_argument("--adapt-layers", choices=ADAPT_LAYERS, default="all", help=ADAPT_LAYERS_HELP)
-    add_adapt_arguments(p)
+    add_coding_arguments(p, f"libjxl effort 1..10 of the JPEG-XL lossless candidate (default {DEFAULT_JXL_EFFORT})")
     p.set_defaults(func=cmd_encode)
 
 

@@ -146,7 +146,18 @@ def test_adaptation_variants_have_their_own_rows_and_stage_times(images, tmp_pat
             assert r["fine_tune_s"] > 0 and r["rate_estimate_s"] > 0 and r["adapters"] in ("kept", "dropped")
             assert r["adapter_bytes"] > 0
     report = (out / "report.md").read_text()
-    assert "## callic encode stages" in report and "| callic-t3-all |" in report
+    assert "## Learned encode stages" in report and "| callic-t3-all |" in report
+
+
+def test_every_adapting_registry_codec_gets_the_variants(images, tmp_path, tiny_model_path):
+    """``auto`` adapts as ``callic`` does (its settings take ``steps``): one column per variant,
+    each what ``callic archive --codec auto --steps T`` would store; png has none."""
+    out = tmp_path / "out"
+    argv = ("--out", str(out), "--model", str(tiny_model_path), "--codecs", "auto,png", "--adapt-min-pixels", "0")
+    assert _bench(str(images), *argv, "--steps", "0,2", "--calibration", "1,0") == 0
+    rows = _rows(out)
+    assert [r["codec"] for r in rows[:5]] == ["auto", "auto-cal0", "auto-t2", "auto-t2-cal0", "png"]
+    assert all(r["verified"] and r["bytes"] > 0 for r in rows)
 
 
 def test_resume_keeps_finished_rows_and_runs_the_rest(images, tmp_path):

@@ -44,7 +44,7 @@ def test_round_trip_returns_the_reconstruction_the_file_names(lossy):
     info = codec.info(data)
     assert info["coder"] == "cca" and info["lossy"] and info["model_sha256"] == lossy.digest.hex()
     # Decoding again, with a fresh model object, gives the very same pixels.
-    assert np.array_equal(codec.decode(data, lossy_model=load_lossy_model_copy(lossy)).pixels, out.pixels)
+    assert np.array_equal(codec.decode(data, model=load_lossy_model_copy(lossy)).pixels, out.pixels)
 
 
 def load_lossy_model_copy(model: coding.LossyModel) -> coding.LossyModel:

@@ -76,8 +76,7 @@ def test_codec_api_names_still_import_from_codec_api():
     import codec.api
     import codec.header
     import codec.rpft
-    from jobs.adaptargs import ADAPT_LAYERS
-    from jobs.codeccli import ADAPT_ORDERS
+    from jobs.adaptargs import ADAPT_LAYERS, ADAPT_ORDERS
 
     assert codec.api.read_header is codec.header.read_header and codec.api.info is codec.info
     assert codec.api.Header is codec.header.Header and codec.api.KNOWN_CRITICAL == codec.header.KNOWN_CRITICAL

@@ -261,6 +261,6 @@ def test_lossy_rows_get_bits_per_pixel_and_psnr(tiny_model_path, tiny_lossy_mode
     assert enc.fields["codec"] == "cca" and enc.fields["bpsp"] is None
     assert enc.fields["bpp"] == pytest.approx(8 * len(enc.blob) / (16 * 16))
     source = np.asarray(Image.open(io.BytesIO(data)))
-    recon = decode(enc.blob, lossy_model=coder.encoder.model).pixels
+    recon = decode(enc.blob, model=coder.encoder.model).pixels
     assert recon.shape == source.shape and recon.dtype == source.dtype
     assert enc.fields["psnr"] == pytest.approx(psnr(source, recon)) and 0 < enc.fields["psnr"] < 100

@@ -20,6 +20,7 @@ import codec
 import codec.api
 from codec import fallback, registry, rpft
 from codec.defaults import DEFAULT_JXL_EFFORT, DEFAULT_STEPS, MIN_ADAPT_PIXELS
+from codec.errors import CallicError, UnsupportedError
 from codec.images import read_image
 from codec.rpft import AdaptConfig
 from jobs.archivecodec import ArchiveCodec, CodecSettings
@@ -251,7 +252,7 @@ def test_archive_codec_choices(settings, choice, kept):
 
 def test_an_old_job_spec_loads_and_callic_keeps_meaning_the_learned_coder(settings):
     old = {k: v for k, v in settings.to_dict().items() if k != "jxl_effort"} | {"codec": "callic", "steps": 0}
-    loaded = CodecSettings(**old)  # what resume does with a job.json written before --jxl-effort
+    loaded = CodecSettings.from_dict(old)  # what resume does with a job.json written before --jxl-effort
     assert loaded.jxl_effort == DEFAULT_JXL_EFFORT
     enc, restored = _archive_one(loaded, NOISE)
     assert enc.fields["codec"] == "callic" and enc.fields["codec_facts"] == {"model_hash": _sha256_of(loaded.model)}
@@ -259,8 +260,6 @@ def test_an_old_job_spec_loads_and_callic_keeps_meaning_the_learned_coder(settin
 
 
 def test_archive_refuses_a_bad_jxl_effort(settings):
-    from codec.errors import UnsupportedError
-
     with pytest.raises(UnsupportedError, match="effort"):
         ArchiveCodec(dataclasses.replace(settings, jxl_effort=0), Resources("cpu", 1))
 
@@ -274,3 +273,37 @@ def test_archive_flags_default_to_auto():
     assert (args.codec, args.jxl_effort, args.steps) == ("auto", DEFAULT_JXL_EFFORT, DEFAULT_STEPS)
     with pytest.raises(SystemExit):
         sub.choices["archive"].parse_args(["src", "dst", "--jxl-effort", "11"])
+
+
+def test_archive_takes_every_coding_flag_encode_has_and_its_workers_use_them(tiny_model_path):
+    """Settings once (issue 18): ``archive`` and ``encode`` share their coding flags, one default
+    each; the job spec records them all and a worker's encoder adapts exactly as asked."""
+    from codec.adapters import AdapterSpec
+    from jobs.adaptargs import coding_fields
+    from jobs.archivecodec import open_encoder
+    from jobs.cli import build_parser
+
+    def flags(command: str) -> set[str]:
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        return {o for a in sub.choices[command]._actions for o in a.option_strings}
+
+    coding = {"--steps", "--lr", "--adapt-order", "--adapt-layers", "--adapt-patches", "--adapt-min-pixels"}
+    coding |= {"--adapt-stop-below", "--lora-rank", "--tucker-ranks", "--calibration", "--patches-per-stream"}
+    assert coding | {"--jxl-effort"} <= flags("archive") & flags("encode")
+
+    argv = ["archive", "src", "dst", "--steps", "3", "--lr", "0.01", "--adapt-order", "all", "--lora-rank", "1"]
+    argv += ["--tucker-ranks", "1", "2", "2", "--adapt-min-pixels", "0", "--calibration", "0", "--model", "m"]
+    args = build_parser().parse_args(argv)
+    settings = CodecSettings(model=str(tiny_model_path), **coding_fields(args))
+    spec = json.loads(json.dumps(settings.to_dict()))  # through a job.json
+    again = CodecSettings.from_dict(spec)
+    assert again == settings and again.tucker_ranks == (1, 2, 2)
+    adapt = open_encoder(again, "cpu").adapt
+    assert (adapt.steps, adapt.lr, adapt.order, adapt.min_pixels) == (3, 0.01, "all", 0)
+    assert adapt.spec == AdapterSpec(1, (1, 2, 2)) and open_encoder(again, "cpu").settings.calibration == 0
+
+    with pytest.raises(UnsupportedError, match="unknown field adapt_rank"):  # a renamed field: refused by name
+        CodecSettings.from_dict(spec | {"adapt_rank": 2})
+    bad = build_parser().parse_args([*argv[:3], "--lora-rank", "99"])
+    with pytest.raises(CallicError, match="LoRA rank"):
+        coding_fields(bad)

@@ -66,7 +66,7 @@ class ToyCodec:
     name: str = NAME
     settings_type: type = ToySettings
 
-    def open(self, settings: Any, device: str) -> ToyEncoder:
+    def open(self, settings: Any, device: str, lazy: bool = False) -> ToyEncoder:
         return ToyEncoder(settings)
 
 

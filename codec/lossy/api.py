@@ -107,7 +107,7 @@ def encode_lossy_with_reconstruction(
     if verify:
         start = time.perf_counter()
         cpu = model if model.device.type == "cpu" else coding.LossyModel(model.file, torch.device("cpu"))
-        if not np.array_equal(decode(out, lossy_model=cpu).pixels, recon):
+        if not np.array_equal(decode(out, model=cpu).pixels, recon):
             raise VerificationError("the lossy file does not decode to the reconstruction it was made with")
         if timings is not None:
             timings["verify_s"] = time.perf_counter() - start

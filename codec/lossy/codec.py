@@ -36,11 +36,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class LossyEncoder:
-    def __init__(self, settings: LossySettings, device: str) -> None:
-        from codec.lossy.api import load_lossy_model
+    def __init__(self, settings: LossySettings, device: str, lazy: bool = False) -> None:
+        from codec.lossy.api import load_lossy_model, quality_levels
 
-        self.lossless = LosslessEncoder(LosslessSettings.pick(settings.to_dict()), device, AUTO.coder)
-        self.model = load_lossy_model(settings.lossy_model, settings.quality, device)
+        self.lossless = LosslessEncoder(LosslessSettings.pick(settings.to_dict()), device, AUTO.coder, lazy)
+        self.model = load_lossy_model(settings.lossy_model, settings.quality, device)  # ValueError: bad quality
+        # The rate point the files are coded at, for the manifest (none for a model file).
+        self.quality = None if settings.lossy_model else settings.quality or len(quality_levels())
         if settings.lossy_model_hash and self.model.digest.hex() != settings.lossy_model_hash:
             raise UnsupportedError(
                 f"the job needs lossy model {settings.lossy_model_hash[:16]}, "
@@ -61,6 +63,8 @@ class LossyEncoder:
             bytes=len(blob), coder="cca", model_hash=self.model.digest.hex(), psnr=psnr(raster.pixels, recon)
         )
         report.timings.update(timings)
+        if self.quality is not None:
+            report.extra_facts["quality"] = str(self.quality)
         return blob, report
 
     def fingerprint(self) -> dict[str, str]:
@@ -69,7 +73,7 @@ class LossyEncoder:
     def decode(self, data: bytes) -> Raster:
         from codec.api import decode
 
-        return decode(data, model=self.lossless.model, lossy_model=self.model, device=self.lossless.device)
+        return decode(data, model=[self.lossless.model, self.model], device=self.lossless.device)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class LossyCodec:
     name: str = "cca"
     settings_type: type = LossySettings
 
-    def open(self, settings: Any, device: str) -> LossyEncoder:
-        return LossyEncoder(settings, device)
+    def open(self, settings: Any, device: str, lazy: bool = False) -> LossyEncoder:
+        return LossyEncoder(settings, device, lazy)
 
 
 CCA = LossyCodec()
