@@ -32,7 +32,8 @@ import torch
 import codec.api as api
 from codec.defaults import patches_per_stream
 from codec.images import read_image
-from codec.weights import default_model_path, load_model_file, save_model
+from codec.modelfiles import default_model_path
+from codec.weights import load_model_file, save_model
 
 
 def repatched(model_path: Path, patch: int, directory: str) -> api.Model:

@@ -75,12 +75,13 @@ from codec.header import (  # the HEAD section and info live in the torch-free c
     read_header,  # noqa: F401 (re-exported)
 )
 from codec.mgcf import MGCF
+from codec.modelfiles import default_model_path
 from codec.raster import Raster
 from codec.reading import decode  # noqa: F401 (re-exported: codec.api.decode)
 from codec.registry import coder as registered_coder
 from codec.report import EncodeReport
 from codec.rpft import AdaptConfig, Adapted
-from codec.weights import ModelFile, default_model_path, exact_model_by_hash, load_model_file
+from codec.weights import ModelFile, exact_model_by_hash, load_model_file
 
 SECTION_OVERHEAD = 12  # bytes a section adds besides its payload: tag, length, CRC
 CODERS = ("auto", "learned", "classical")  # encode's ``coder``
@@ -108,6 +109,7 @@ class Model:
     digest: bytes
     file: ModelFile | None = None
     _float: dict[str, MGCF] = field(default_factory=dict, init=False, repr=False)
+    _cpu: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
 
     def float_model(self, device: str | torch.device) -> MGCF:
         key = str(device)
@@ -116,6 +118,15 @@ class Model:
                 raise ValueError("this model was loaded without its float weights; adaptation needs them")
             self._float[key] = self.file.float_model().to(device)
         return self._float[key]
+
+    def on_cpu(self) -> Model:
+        """This model's exact path on the CPU, where every file is verified: copied from the
+        GPU once, not per image (itself when it is on the CPU already)."""
+        if str(self.exact.device) == "cpu":
+            return self
+        if "cpu" not in self._cpu:
+            self._cpu["cpu"] = Model(self.exact.to("cpu"), self.digest)
+        return self._cpu["cpu"]
 
 
 def load_model(model: str | None = None, device: str = "cpu") -> Model:
@@ -224,7 +235,7 @@ def encode_many(
         data = _keep_smaller(learned_files.get(i), classical.get(i), report)
         if verify:
             start = time.perf_counter()
-            decode(data, model=Model(model.exact.to("cpu"), model.digest) if model is not None else None)
+            decode(data, model=model.on_cpu() if model is not None else None)
             report.timings["verify_s"] = time.perf_counter() - start
         report.bytes = len(data)
         out.append((data, report))

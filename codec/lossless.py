@@ -131,7 +131,12 @@ class LosslessEncoder:
         )
 
     def fingerprint(self) -> dict[str, str]:
-        return {"model": self.model.digest.hex()}
+        """The model's hash; from the file's bytes while it is not loaded (a job's driver)."""
+        if self._model is not None:
+            return {"model": self._model.digest.hex()}
+        from codec.modelfiles import default_model_path, digest_of
+
+        return {"model": digest_of(self.settings.model or default_model_path()).hex()}
 
     def decode(self, data: bytes) -> Raster:
         from codec.api import decode

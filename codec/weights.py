@@ -8,9 +8,8 @@ A model file holds three groups of tensors and its configuration in the safetens
   decoder never recomputes them with its own platform's math.
 
 A ``.cllc`` file names the SHA-256 of the whole model file; ``find_model`` looks for
-``mgcf-<first 16 hex digits>.safetensors`` in ``$CALLIC_MODEL_PATH`` (colon-separated folders),
-then ``~/.cache/callic/models``, then the models shipped in the package, and takes the first whose
-full hash matches (a file of the right name but another hash is skipped, with a warning).
+``mgcf-<first 16 hex digits>.safetensors`` through the one model registry of every codec
+(``codec.modelfiles``: search path, naming, shipped lists, digests).
 
 Loading checks everything a decoder relies on before using it: a regular file of at most
 ``MAX_MODEL_BYTES``, the configuration, every tensor's name, shape and type against what the
@@ -22,10 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,28 +30,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from codec.config import MGCFConfig
-from codec.errors import CallicError, CorruptFileError, ModelNotFoundError
+from codec.errors import CorruptFileError, ModelNotFoundError
 from codec.exact import ExactMGCF
-from codec.files import read_regular_file
 from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts, check_bounds
 from codec.mgcf import MGCF
 from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+from codec.modelfiles import find_by_hash, read_model_bytes, write_named
 from codec.quantize import exact_tensors
 from codec.wavefront import kernel_offsets
 
 FORMAT = "callic-mgcf"
 FORMAT_VERSION = "1"
-PACKAGE_MODELS = Path(__file__).parent / "models"
-DEFAULT_MODEL_FILE = PACKAGE_MODELS / "DEFAULT"
-MAX_MODEL_BYTES = 1 << 30  # the shipped models are 7 to 13 MB; the paper's CCA model ~150 MB
 LUT_LIMIT = 1 << 25  # every table value (``build_luts``) is below 2**25
 EXACT_LIMIT = 1 << 53  # integers beyond it do not survive float64
-log = logging.getLogger(__name__)
-
-
-def model_dirs() -> list[Path]:
-    env = [Path(p) for p in os.environ.get("CALLIC_MODEL_PATH", "").split(os.pathsep) if p]
-    return [*env, Path.home() / ".cache" / "callic" / "models", PACKAGE_MODELS]
 
 
 def file_name(digest: bytes) -> str:
@@ -95,17 +81,6 @@ def serialize(model: MGCF) -> bytes:
         ),
     }
     return st_bytes(tensors, metadata)
-
-
-def write_named(data: bytes, directory: str | Path, name_of: Callable[[bytes], str]) -> Path:
-    """Write a model file in ``directory`` (atomically) under the name its hash gives; return the path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name_of(hashlib.sha256(data).digest())
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-    return path
 
 
 def save_model(model: MGCF, directory: str | Path) -> Path:
@@ -219,55 +194,12 @@ def parse_model(data: bytes, expected: bytes | None = None, source: str = "model
     return ModelFile(digest, cfg, tensors)
 
 
-def read_model_bytes(path: str | Path) -> bytes:
-    """A model file's bytes: ``ModelNotFoundError`` if there is none, ``CorruptFileError`` if it is
-    not a regular file (``/dev/zero``) or is larger than ``MAX_MODEL_BYTES``."""
-    try:
-        return read_regular_file(path, MAX_MODEL_BYTES)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ModelNotFoundError(f"model file {path} does not exist") from exc
-
-
 def load_model_file(path: str | Path) -> ModelFile:
     return parse_model(read_model_bytes(path), source=str(path))
 
 
-def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
-    """The first file called ``name`` in ``model_dirs()`` whose SHA-256 is ``digest``, and its
-    bytes. Files of that name with another hash (a stale or decoy copy) are skipped and named in
-    the ``ModelNotFoundError`` when none matches."""
-    skipped = []
-    for d in model_dirs():
-        path = d / name
-        if not path.exists():
-            continue
-        try:
-            data = read_model_bytes(path)
-        except (OSError, CallicError) as exc:
-            skipped.append(f"{path} ({exc})")
-            log.warning("skipped model file %s: %s", path, exc)
-            continue
-        actual = hashlib.sha256(data).hexdigest()
-        if actual == digest.hex():
-            return path, data
-        skipped.append(f"{path} (its hash is {actual})")
-        log.warning("skipped model file %s: its SHA-256 is %s, the file needs %s", path, actual, digest.hex())
-    searched = ", ".join(str(d) for d in model_dirs())
-    raise ModelNotFoundError(
-        f"model {digest.hex()[:16]}… is not installed (looked in {searched}"
-        + (f"; skipped {', '.join(skipped)}" if skipped else "")
-        + f"); put {name} in one of those folders or in $CALLIC_MODEL_PATH"
-    )
-
-
 def find_model(digest: bytes) -> Path:
     return find_by_hash(digest, file_name(digest))[0]
-
-
-def default_model_path() -> Path:
-    if not DEFAULT_MODEL_FILE.is_file():
-        raise ModelNotFoundError("no default model is shipped with this installation")
-    return PACKAGE_MODELS / DEFAULT_MODEL_FILE.read_text().strip()
 
 
 @lru_cache(maxsize=4)

@@ -160,8 +160,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
         **coding_fields(args),  # every flag encode has, checked here
     )
     # Fail before the job exists; the workers load the same files and check their hashes.
-    with progress.phase("loading the model", _show_progress(args)):
-        models = open_encoder(settings, "cpu").fingerprint()
+    with progress.phase("reading the models", _show_progress(args)):  # their hashes, from their bytes
+        models = open_encoder(settings, "cpu", lazy=True).fingerprint()
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
         job_id=job_id,
@@ -220,8 +220,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     job_store = Store(args.job, options)
     spec, _ = job.load(job_store)
     settings = CodecSettings.from_dict(spec.codec, f"job {spec.job_id}'s codec settings")
-    with progress.phase("loading the model", _show_progress(args)):
-        found = open_encoder(settings, "cpu").fingerprint()
+    with progress.phase("reading the models", _show_progress(args)):
+        found = open_encoder(settings, "cpu", lazy=True).fingerprint()
     try:  # a spec from before ``models`` pins the learned model (and a cca job its lossy_model_hash)
         check_pinned(found, spec.models or {"model": spec.model_hash}, f"job {spec.job_id}")
     except CallicError as exc:

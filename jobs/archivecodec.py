@@ -74,10 +74,11 @@ class CodecSettings(LossySettings):
     jpeg: str = "passthrough"  # or "jxl": JPEGs transcoded losslessly to JPEG-XL
 
 
-def open_encoder(settings: CodecSettings, device: str) -> Encoder:
-    """The job's codec (``codec.registry``) opened with its settings: its models loaded."""
+def open_encoder(settings: CodecSettings, device: str, lazy: bool = False) -> Encoder:
+    """The job's codec (``codec.registry``) opened with its settings: its models loaded (with
+    ``lazy``, when first needed: the driver only needs their hashes)."""
     chosen = registry.codec(settings.codec)
-    return chosen.open(chosen.settings_type.pick(settings.to_dict()), device)
+    return chosen.open(chosen.settings_type.pick(settings.to_dict()), device, lazy)
 
 
 def check_pinned(found: dict[str, str], pinned: dict[str, str], job: str = "the job") -> None:

@@ -229,11 +229,9 @@ def registered_codec(name: str, values: dict[str, Any], device: str, column: str
 def model_file_hash(model_path: str | None) -> str:
     """The SHA-256 (hex) of the learned model file (the shipped default if None), from its bytes:
     the driver of a run on workers does not load the model."""
-    import hashlib
+    from codec.modelfiles import default_model_path, digest_of
 
-    from codec.weights import default_model_path, read_model_bytes
-
-    return hashlib.sha256(read_model_bytes(model_path or default_model_path())).hexdigest()
+    return digest_of(model_path or default_model_path()).hex()
 
 
 def bench_codec_names() -> tuple[str, ...]:

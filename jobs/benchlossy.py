@@ -234,7 +234,7 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         print(f"callic bench --lossy: no images in {args.input}", file=sys.stderr)
         return 1
-    from codec.lossy.api import PACKAGE_MODELS, quality_levels
+    from codec.modelfiles import PACKAGE_MODELS, quality_levels
 
     files = args.lossy_models or [str(PACKAGE_MODELS / f) for f in quality_levels()]
     codecs = anchor_codecs(args.threads)

@@ -3,7 +3,7 @@ pipeline (a local Ray cluster, local folders, the shipped model, per-image adapt
 them, checks every restored pixel against its source, and prints sizes next to PNG's.
 
 It takes minutes on a CPU, so every phase says what it is doing on stderr: starting Ray and
-loading the model (a line each, with its time), archiving and restoring (a bar each that moves
+reading the models (a line each, with its time), archiving and restoring (a bar each that moves
 per image, with elapsed time and ETA), checking pixels (a bar). ``--quiet`` keeps only the table.
 """
 

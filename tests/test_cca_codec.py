@@ -126,7 +126,7 @@ def test_damaged_files_are_refused(lossy):
 def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
     data = encode_lossy(photo(64, 64), model=lossy)
     monkeypatch.setenv("CALLIC_MODEL_PATH", str(tmp_path))
-    monkeypatch.setattr("codec.weights.model_dirs", lambda: [tmp_path])
+    monkeypatch.setattr("codec.modelfiles.model_dirs", lambda: [tmp_path])
     from codec.lossy.api import lossy_model_by_hash
 
     lossy_model_by_hash.cache_clear()
@@ -137,8 +137,8 @@ def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
 
 
 def test_shipped_rate_points_load_by_quality():
-    from codec.lossy.api import PACKAGE_MODELS, quality_levels
     from codec.lossy.weights import file_name
+    from codec.modelfiles import PACKAGE_MODELS, quality_levels
 
     levels = quality_levels()
     if not levels:

@@ -10,7 +10,8 @@ import torch
 import codec
 from codec.config import MGCFConfig
 from codec.errors import CorruptFileError, ModelNotFoundError
-from codec.weights import default_model_path, find_model, load_model_file, parse_model, save_model
+from codec.modelfiles import default_model_path
+from codec.weights import find_model, load_model_file, parse_model, save_model
 from tests.conftest import assert_same_pixels, make_model
 
 

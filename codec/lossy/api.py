@@ -22,36 +22,21 @@ import numpy as np
 import torch
 
 from codec.container import HEAD, Container
-from codec.errors import CorruptFileError, ModelNotFoundError, UnsupportedError, VerificationError
+from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.fileformat import as_raster, check_encodable
 from codec.header import CODER_CCA, Header
 from codec.lossy import coding
 from codec.lossy.weights import file_name, load_model_file, parse_model
+from codec.modelfiles import find_by_hash, lossy_model_path
 from codec.raster import Raster, raster_hash
 from codec.reading import decode
-from codec.weights import PACKAGE_MODELS, find_by_hash
-
-QUALITY_LIST = PACKAGE_MODELS / "CCA"
-
-
-def quality_levels() -> list[str]:
-    """The shipped rate points' file names, lowest quality (fewest bits) first."""
-    if not QUALITY_LIST.is_file():
-        return []
-    return [line.strip() for line in QUALITY_LIST.read_text().splitlines() if line.strip()]
 
 
 def load_lossy_model(model: str | Path | None = None, quality: int | None = None, device: str = "cpu"):
-    """A CCA model from a file, or the shipped rate point ``quality`` (1 = fewest bits)."""
-    if model is None:
-        levels = quality_levels()
-        if not levels:
-            raise ModelNotFoundError("no lossy (cca) models are shipped with this installation; pass a model file")
-        q = len(levels) if quality is None else quality
-        if not 1 <= q <= len(levels):
-            raise ValueError(f"--quality must be in 1..{len(levels)} (the shipped rate points)")
-        model = PACKAGE_MODELS / levels[q - 1]
-    return coding.LossyModel(load_model_file(model), torch.device(device))
+    """A CCA model from a file, or the shipped rate point ``quality`` (1 = fewest bits;
+    ``ValueError`` outside the shipped ones)."""
+    path = model if model is not None else lossy_model_path(quality)
+    return coding.LossyModel(load_model_file(path), torch.device(device))
 
 
 @lru_cache(maxsize=8)

@@ -37,17 +37,30 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 class LossyEncoder:
     def __init__(self, settings: LossySettings, device: str, lazy: bool = False) -> None:
-        from codec.lossy.api import load_lossy_model, quality_levels
+        from codec.modelfiles import digest_of, lossy_model_path, quality_levels
 
         self.lossless = LosslessEncoder(LosslessSettings.pick(settings.to_dict()), device, AUTO.coder, lazy)
-        self.model = load_lossy_model(settings.lossy_model, settings.quality, device)  # ValueError: bad quality
+        self.settings, self.device, self._model = settings, device, None
+        self.path = settings.lossy_model or lossy_model_path(settings.quality)  # ValueError: a bad quality
+        self.digest = digest_of(self.path).hex()
         # The rate point the files are coded at, for the manifest (none for a model file).
         self.quality = None if settings.lossy_model else settings.quality or len(quality_levels())
-        if settings.lossy_model_hash and self.model.digest.hex() != settings.lossy_model_hash:
+        if settings.lossy_model_hash and self.digest != settings.lossy_model_hash:
             raise UnsupportedError(
                 f"the job needs lossy model {settings.lossy_model_hash[:16]}, "
-                f"not {self.model.digest.hex()[:16]} ({settings.lossy_model or 'the shipped rate point'})"
+                f"not {self.digest[:16]} ({settings.lossy_model or 'the shipped rate point'})"
             )
+        if not lazy:
+            _ = self.model
+
+    @property
+    def model(self) -> Any:
+        """The CCA model, loaded on first use (its hash is known from the file's bytes before)."""
+        if self._model is None:
+            from codec.lossy.api import load_lossy_model
+
+            self._model = load_lossy_model(self.path, None, self.device)
+        return self._model
 
     def encode_many(self, rasters: list[Raster], *, verify: bool) -> list[tuple[bytes, EncodeReport]]:
         lossy = [r.mode == "RGB" and r.pixels.dtype == np.uint8 for r in rasters]
@@ -59,16 +72,14 @@ class LossyEncoder:
 
         timings: dict[str, float] = {}
         blob, recon = encode_lossy_with_reconstruction(raster, model=self.model, verify=verify, timings=timings)
-        report = EncodeReport(
-            bytes=len(blob), coder="cca", model_hash=self.model.digest.hex(), psnr=psnr(raster.pixels, recon)
-        )
+        report = EncodeReport(bytes=len(blob), coder="cca", model_hash=self.digest, psnr=psnr(raster.pixels, recon))
         report.timings.update(timings)
         if self.quality is not None:
             report.extra_facts["quality"] = str(self.quality)
         return blob, report
 
     def fingerprint(self) -> dict[str, str]:
-        return {**self.lossless.fingerprint(), "lossy_model": self.model.digest.hex()}
+        return {**self.lossless.fingerprint(), "lossy_model": self.digest}
 
     def decode(self, data: bytes) -> Raster:
         from codec.api import decode

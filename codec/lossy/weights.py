@@ -26,7 +26,8 @@ from codec.lossy import tables
 from codec.lossy.config import CCAConfig
 from codec.lossy.exact import exact_tensors
 from codec.lossy.model import CCAModel
-from codec.weights import LUT_LIMIT, check_tensors, read_model_bytes, read_safetensors, st_bytes, write_named
+from codec.modelfiles import read_model_bytes, write_named
+from codec.weights import LUT_LIMIT, check_tensors, read_safetensors, st_bytes
 
 FORMAT = "callic-cca"
 FORMAT_VERSION = "1"
