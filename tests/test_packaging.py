@@ -17,7 +17,7 @@ PROJECT = PYPROJECT["project"]
 TOPS = ("codec", "pipeline", "jobs")
 LOCAL = {*TOPS, "tests", "bench"}
 # Import name -> distribution name, where they differ.
-DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml"}
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "debian": "python-debian"}
 
 
 def canonical(name: str) -> str:

@@ -93,6 +93,27 @@ def test_permanent_errors_are_not_retried():
     assert is_transient(ConnectionError("reset")) and is_transient(TimeoutError())
 
 
+def test_s3_errors_are_told_apart_by_botocore_s_classes_and_codes():
+    """No retry for missing credentials or a refused key, also when wrapped (``raise ... from``);
+    throttling and a slow endpoint are retried; S3 stores get botocore's standard retry mode."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from pipeline.storage import S3_RETRIES, fs_options
+
+    def client_error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}}, "PutObject")
+
+    assert not is_transient(NoCredentialsError())
+    assert not is_transient(client_error("InvalidAccessKeyId"))
+    wrapped = RuntimeError("write failed")
+    wrapped.__cause__ = client_error("SignatureDoesNotMatch")
+    assert not is_transient(wrapped)
+    assert is_transient(client_error("SlowDown")) and is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert fs_options("s3://b/k", {})["config_kwargs"]["retries"] == S3_RETRIES
+    mine = {"config_kwargs": {"retries": {"max_attempts": 1}}}
+    assert fs_options("s3://b/k", mine) == mine and fs_options("/tmp/x", {}) == {}
+
+
 def test_write_once_never_replaces(tmp_path):
     store = Store(tmp_path)
     store.write_once("k/v.bin", b"first")
