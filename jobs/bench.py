@@ -408,6 +408,44 @@ class BenchCodecs:
 
 
 RAY_ATTEMPTS = 2  # an image whose worker dies is tried once more on a fresh one, then recorded as failed
+Task = tuple[str, str, frozenset[str]]  # (path, image name, the row keys already done)
+
+
+def run_images_on_ray(
+    tasks: Sequence[Task],
+    factory: Any,
+    work: Callable[..., list[Row]],
+    args: tuple[Any, ...],
+    lost: Callable[[Task, str], list[Row]],
+    on_rows: Callable[[list[Row]], None],
+    workers: int,
+) -> None:
+    """The benchmarks' runner on Ray actors (``pipeline.pool``, the loop archive and restore run
+    on), one image per task, for the lossless and the lossy bench alike: each actor builds the
+    codecs once (``factory``, with a ``device``), then runs ``work(codecs, path, name, skip,
+    *args)`` per image; ``on_rows`` gets each image's rows as it ends. An image whose worker dies
+    (a codec crash in native code, the memory monitor) is retried once on a fresh worker, then
+    gets the rows ``lost(task, reason)`` makes, and the run goes on."""
+    from pipeline import cluster, pool
+    from pipeline.items import Resources
+
+    p = cluster.plan(workers, 1.0 if factory.device == "cuda" else 0.0)
+    p = cluster.Plan(min(p.workers, len(tasks)), p.gpus_per_worker, p.cpus_per_worker)
+    resources = Resources(p.device, p.cpus_per_worker)
+
+    def on_done(outcome: pool.Outcome[Task]) -> None:
+        on_rows(outcome.result if outcome.error is None else lost(outcome.task, outcome.error))
+
+    pool.run(
+        list(tasks),
+        lambda: cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources),
+        lambda actor, task: actor.run.remote(work, *task, *args),
+        p,
+        RAY_ATTEMPTS,
+        on_done,
+        "bench_image",
+        labels=lambda task: {"image": task[1]},
+    )
 
 
 def run_on_ray(
@@ -420,14 +458,9 @@ def run_on_ray(
     log: RowLog,
     workers: int,
 ) -> list[Row]:
-    """The same work spread over Ray actors (``pipeline.pool``, the loop archive and restore run
-    on), one image per task; rows are logged as images finish. An image whose worker dies (a
-    codec crash in native code, the memory monitor) is retried once on a fresh worker, then gets
-    an error row per codec, and the run goes on. Timings include whatever the workers share
-    (cores, memory bandwidth): compare codecs within one run, not across runs with different
-    worker counts."""
-    from pipeline import cluster, pool
-    from pipeline.items import Resources
+    """The lossless bench on Ray workers (``run_images_on_ray``); rows are logged as images
+    finish. Timings then include whatever the workers share (cores, memory bandwidth): compare
+    codecs within one run, not across runs with different worker counts."""
     from pipeline.progress import ProgressBar
 
     todo = [
@@ -437,37 +470,28 @@ def run_on_ray(
     ]
     if not todo:
         return ordered(log, names, codec_names)
-    p = cluster.plan(workers, 1.0 if factory.device == "cuda" else 0.0)
-    p = cluster.Plan(min(p.workers, len(todo)), p.gpus_per_worker, p.cpus_per_worker)
-    resources = Resources(p.device, p.cpus_per_worker)
     bar = ProgressBar(sum(len(codec_names) - len(skip) for _, _, skip in todo))
-    runs = 0
+    made = 0
 
-    def on_done(outcome: pool.Outcome[tuple[str, str, frozenset[str]]]) -> None:
-        nonlocal runs
-        _, name, skip = outcome.task
-        rows = outcome.result
-        if outcome.error is not None:
-            rows = [new_row(name, c, error=outcome.error) for c in codec_names if c not in skip]
+    def on_rows(rows: list[Row]) -> None:
+        nonlocal made
         for row in rows:
             log.add(row)
-            runs += 1
-        bar.update(runs, 0)
+        made += len(rows)
+        bar.update(made, 0)
+
+    def lost(task: Task, reason: str) -> list[Row]:
+        return [new_row(task[1], c, error=reason) for c in codec_names if c not in task[2]]
 
     try:
-        pool.run(
-            todo,
-            lambda: cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources),
-            lambda actor, task: actor.run.remote(bench_image, fs, *task[:2], repeat, task[2]),
-            p,
-            RAY_ATTEMPTS,
-            on_done,
-            "bench_image",
-            labels=lambda task: {"image": task[1]},
-        )
+        run_images_on_ray(todo, factory, _bench_task, (fs, repeat), lost, on_rows, workers)
     finally:
         bar.close()
     return ordered(log, names, codec_names)
+
+
+def _bench_task(codecs: Sequence[Codec], path: str, name: str, skip: frozenset[str], fs: Any, repeat: int) -> list[Row]:
+    return bench_image(codecs, fs, path, name, repeat, skip)
 
 
 # ---------------------------------------------------------------- summary

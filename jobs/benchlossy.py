@@ -102,15 +102,20 @@ def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str
     return LossyCodec("cca", list(by_index), encode, decode), [m.digest.hex()[:16] for m in models]
 
 
-def measure(c: LossyCodec, setting: Any, name: str, pixels: np.ndarray) -> dict:
-    row = {"image": name, "codec": c.name, "setting": setting, "pixels": int(pixels.shape[0] * pixels.shape[1])}
+def measure(c: LossyCodec, setting: Any, name: str, pixels: np.ndarray, repeat: int = 1) -> dict:
+    """One point: real bytes, quality of what decodes, median encode and decode seconds over
+    ``repeat`` runs."""
+    row = _row(name, c.name, setting, pixels=int(pixels.shape[0] * pixels.shape[1]))
     try:
-        start = time.perf_counter()
-        data = c.encode(pixels, setting)
-        row["encode_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        out = c.decode(data)
-        row["decode_s"] = time.perf_counter() - start
+        encode_s, decode_s = [], []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            data = c.encode(pixels, setting)
+            encode_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            out = c.decode(data)
+            decode_s.append(time.perf_counter() - start)
+        row["encode_s"], row["decode_s"] = statistics.median(encode_s), statistics.median(decode_s)
         if out.shape != pixels.shape or out.dtype != np.uint8:
             raise ValueError(f"decoded {out.shape} {out.dtype}, expected {pixels.shape} uint8")
         row |= {
@@ -225,45 +230,66 @@ def plot(path: Path, cv: dict[str, list[dict]]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.benchimages import list_bench_images, load_pixels
+    """The lossy bench, in this process or on ``--workers`` Ray actors (the lossless bench's
+    runner), its rows logged as they are made so that ``--resume`` goes on where a run stopped;
+    ``--repeat`` times each point that many times (medians)."""
+    from codec.defaults import DEFAULT_STEPS
+    from codec.modelfiles import PACKAGE_MODELS, digest_of, quality_levels
+    from jobs.bench import run_images_on_ray
+    from jobs.benchimages import list_bench_images
+    from jobs.cli import UsageError
+    from jobs.rowlog import RowLog
     from jobs.runtime import setup_torch
 
+    if args.steps != [DEFAULT_STEPS]:
+        raise UsageError("--steps applies to the lossless bench (the learned coder's adaptation), not --lossy")
     setup_torch(args.threads, args.device)
     fs, paths, names = list_bench_images(args.input)
     paths, names = paths[: args.limit], names[: args.limit]
     if not paths:
         print(f"callic bench --lossy: no images in {args.input}", file=sys.stderr)
         return 1
-    from codec.modelfiles import PACKAGE_MODELS, quality_levels
-
     files = args.lossy_models or [str(PACKAGE_MODELS / f) for f in quality_levels()]
-    codecs = anchor_codecs(args.threads)
-    hashes: list[str] = []
-    if files:
-        ours, hashes = cca_codec(files, args.device)
-        codecs.insert(0, ours)
-    else:
+    if not files:
         print("callic bench --lossy: no cca models (none shipped, none given): anchors only", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with open(out / "lossy-rows.jsonl", "w") as log:
-        for path, name in zip(paths, names, strict=True):
-            pixels = load_pixels(fs, path)
-            for c in codecs:
-                for setting in c.settings:
-                    row = measure(c, setting, name, pixels)
-                    rows.append(row)
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-            if not args.quiet:
-                print(f"{name}: done", file=sys.stderr)
+    hashes = [digest_of(f).hex()[:16] for f in files]  # from the bytes: the driver loads no model
+    points = lossy_points(files)
+    settings = {"models": hashes, "device": args.device, "threads": args.threads, "repeat": args.repeat}
+    log = RowLog(Path(args.out), settings | _workers(args), args.resume, ROWS, point_key)
+    todo = [
+        (path, name, frozenset(f"{c}@{s}" for c, s in points if (name, f"{c}@{s}") in log.done))
+        for path, name in zip(paths, names, strict=True)
+    ]
+    todo = [t for t in todo if len(t[2]) < len(points)]
+
+    def on_rows(rows: list[dict]) -> None:
+        for row in rows:
+            log.add(row)
+        if not args.quiet and rows:
+            print(f"{rows[0]['image']}: done", file=sys.stderr)
+
+    def lost(task: tuple, reason: str) -> list[dict]:
+        return [_row(task[1], c, s, error=reason) for c, s in points if f"{c}@{s}" not in task[2]]
+
+    factory = LossyBenchCodecs(tuple(files), args.device, args.threads)
+    if args.workers:
+        from pipeline import cluster
+
+        cluster.connect(args.address)
+        run_images_on_ray(todo, factory, image_points, (fs, args.repeat), lost, on_rows, args.workers)
+    elif todo:
+        codecs = factory(None)
+        for task in todo:
+            on_rows(image_points(codecs, *task, fs, args.repeat))
+    rows = [log.done[(n, f"{c}@{s}")] for n in names for c, s in points if (n, f"{c}@{s}") in log.done]
     cv = curves(rows)
     bd = bd_table(cv)
     env = (
         f"{len(paths)} images from {args.input}; cca models {', '.join(hashes) or 'none'}; "
         f"device {args.device}, threads {args.threads or 'default'}"
+        + (f", {args.workers} Ray workers" if args.workers else "")
     )
+    out = Path(args.out)
     text = report(cv, bd, env, [r for r in rows if "error" in r])
     (out / "lossy-report.md").write_text(text)
     (out / "lossy-curves.json").write_text(json.dumps({"curves": cv, "bd_rate": bd, "environment": env}, indent=1))
@@ -271,3 +297,58 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(text)
     return 0
+
+
+ROWS = "lossy-rows.jsonl"
+
+
+def point_key(row: dict) -> tuple[str, str]:
+    """A lossy row's place: its image, and its codec and setting (``jpeg@50``)."""
+    return row["image"], f"{row['codec']}@{row['setting']}"
+
+
+def _workers(args: argparse.Namespace) -> dict[str, Any]:
+    return {"workers": args.workers} if args.workers else {}
+
+
+@dataclass(frozen=True)
+class LossyBenchCodecs:
+    """Builds the lossy bench's codecs, in this process or once per Ray worker."""
+
+    files: tuple[str, ...]
+    device: str
+    threads: int | None
+
+    def __call__(self, resources: Any) -> list[LossyCodec]:
+        threads = resources.threads if resources is not None else self.threads
+        return lossy_codecs(list(self.files), threads, self.device)
+
+
+def lossy_codecs(files: list[str], threads: int | None, device: str) -> list[LossyCodec]:
+    """Our codec (one setting per model file, its models loaded) first, then the anchors."""
+    return [cca_codec(files, device)[0]] * bool(files) + anchor_codecs(threads)
+
+
+def lossy_points(files: list[str]) -> list[tuple[str, Any]]:
+    """Every (codec, setting) of ``lossy_codecs``, without loading a model: the driver's list."""
+    ours = [("cca", q) for q in range(1, len(files) + 1)]
+    return ours + [(c.name, s) for c in anchor_codecs(None) for s in c.settings]
+
+
+def image_points(
+    codecs: list[LossyCodec], path: str, name: str, skip: frozenset[str], fs: Any, repeat: int = 1
+) -> list[dict]:
+    """One image through every (codec, setting) not in ``skip``; an unreadable image gives one
+    error row per point. The unit of work in this process and on a worker."""
+    from jobs.benchimages import load_pixels
+
+    try:
+        pixels = load_pixels(fs, path)
+    except Exception as exc:  # unreadable, not 8-bit RGB, storage error: recorded, not fatal
+        error = f"{type(exc).__name__}: {exc}"
+        return [_row(name, c.name, s, error=error) for c in codecs for s in c.settings if f"{c.name}@{s}" not in skip]
+    return [measure(c, s, name, pixels, repeat) for c in codecs for s in c.settings if f"{c.name}@{s}" not in skip]
+
+
+def _row(image: str, codec: str, setting: Any, **fields: Any) -> dict:
+    return {"image": image, "codec": codec, "setting": setting, **fields}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from codec.errors import CallicError
 
 Row = dict[str, Any]
 NAME = "rows.jsonl"
+Key = Callable[[Row], tuple[str, str]]
+
+
+def image_and_codec(row: Row) -> tuple[str, str]:
+    return row["image"], row["codec"]
 
 
 class SettingsMismatch(CallicError):
@@ -26,14 +32,17 @@ class SettingsMismatch(CallicError):
 
 
 class RowLog:
-    """Append-only log of rows in ``folder``; ``done`` holds every finished row by (image, codec):
-    those of earlier runs (resume) and those added since."""
+    """Append-only log of rows in ``folder``/``name``; ``done`` holds every finished row by its
+    ``key`` (image and codec; the lossy bench: image and codec@setting): those of earlier runs
+    (resume) and those added since."""
 
-    def __init__(self, folder: Path, settings: dict[str, Any], resume: bool) -> None:
-        self.path = Path(folder) / NAME
+    def __init__(
+        self, folder: Path, settings: dict[str, Any], resume: bool, name: str = NAME, key: Key = image_and_codec
+    ) -> None:
+        self.path, self.key = Path(folder) / name, key
         self.done: dict[tuple[str, str], Row] = {}
         if resume and self.path.exists():
-            self.done = _read(self.path, settings)
+            self.done = _read(self.path, settings, key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w") as f:  # rewritten whole: drops a torn last line
             for line in [{"settings": settings}, *self.done.values()]:
@@ -41,7 +50,7 @@ class RowLog:
             _flush(f)
 
     def add(self, row: Row) -> None:
-        self.done[(row["image"], row["codec"])] = row
+        self.done[self.key(row)] = row
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             _flush(f)
@@ -52,7 +61,7 @@ def _flush(f: Any) -> None:
     os.fsync(f.fileno())
 
 
-def _read(path: Path, settings: dict[str, Any]) -> dict[tuple[str, str], Row]:
+def _read(path: Path, settings: dict[str, Any], key: Key) -> dict[tuple[str, str], Row]:
     lines = path.read_text().splitlines()
     try:
         found = json.loads(lines[0])["settings"] if lines else None
@@ -67,7 +76,7 @@ def _read(path: Path, settings: dict[str, Any]) -> dict[tuple[str, str], Row]:
     for line in lines[1:]:
         try:
             row = json.loads(line)
-            rows[(row["image"], row["codec"])] = row
+            rows[key(row)] = row
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # the torn line of a killed run: that pair runs again
     return rows

@@ -47,7 +47,7 @@ def test_lossy_bench_measures_every_codec_from_real_bytes(tmp_path, model_dir):
     out = tmp_path / "out"
     rc = main(["bench", str(data), "--lossy", "--lossy-models", ",".join(files), "--out", str(out)])
     assert rc == 0
-    rows = [json.loads(line) for line in (out / "lossy-rows.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     assert {r["codec"] for r in rows} == {"cca", "jpeg", "webp", "avif", "jxl"}
     assert sum(r["codec"] == "cca" for r in rows) == 4
     assert not [r for r in rows if "error" in r]
@@ -58,3 +58,38 @@ def test_lossy_bench_measures_every_codec_from_real_bytes(tmp_path, model_dir):
     assert {b["anchor"] for b in curves["bd_rate"]} == {"jpeg", "webp", "avif", "jxl"}
     assert (out / "rd.png").read_bytes().startswith(b"\x89PNG")
     assert "BD-rate" in (out / "lossy-report.md").read_text()
+
+    # --resume: a run killed mid-row (its last rows lost, the last line torn) goes on where it was.
+    lines = (out / "lossy-rows.jsonl").read_text().splitlines()
+    (out / "lossy-rows.jsonl").write_text("\n".join(lines[:-6]) + "\n" + lines[-6][:12])
+    argv = ["bench", str(data), "--lossy", "--lossy-models", ",".join(files), "-q"]
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    resumed = _rows(out)
+    assert [_point(r) for r in resumed[: len(lines) - 7]] == [_point(r) for r in rows[: len(lines) - 7]]
+    assert {_point(r): r["bytes"] for r in resumed} == {_point(r): r["bytes"] for r in rows}
+
+    # --workers: the same points on Ray actors (the lossless bench's runner), the same bytes.
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert main([*argv, "--out", str(tmp_path / "ray"), "--workers", "1"]) == 0
+    finally:
+        ray.shutdown()
+    distributed = _rows(tmp_path / "ray")
+    assert {_point(r): r["bytes"] for r in distributed} == {_point(r): r["bytes"] for r in rows}
+    assert "1 Ray workers" in (tmp_path / "ray" / "lossy-report.md").read_text()
+
+
+def test_lossy_bench_refuses_steps(tmp_path):
+    assert main(["bench", str(tmp_path), "--lossy", "--steps", "5", "--out", str(tmp_path / "o")]) == 64
+
+
+def _rows(out) -> list[dict]:
+    """The finished rows of ``lossy-rows.jsonl`` (its first line holds the run's settings)."""
+    return [json.loads(line) for line in (out / "lossy-rows.jsonl").read_text().splitlines()[1:]]
+
+
+def _point(row: dict) -> tuple:
+    return row["image"], row["codec"], row["setting"]
