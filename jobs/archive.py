@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import codec
@@ -22,30 +21,13 @@ from codec.defaults import DEFAULT_JXL_EFFORT
 from codec.errors import CallicError
 from jobs.adaptargs import add_coding_arguments, coding_fields
 from jobs.archivecodec import DEFAULT_CODEC, ArchiveCodecFactory, CodecSettings, check_pinned, open_encoder
+from jobs.cli import STORAGE_OPTIONS_HELP, UsageError, storage_options
 from jobs.imagefiles import IMAGE_SUFFIXES
 from pipeline import cluster, driver, events, job, manifest, progress, restore, status
 from pipeline.storage import MAX_SOURCE_BYTES, READ_TIMEOUT_S, Store, redact
 
 EXIT_SOME_FAILED = 10
 ARCHIVE_SUFFIXES = (*IMAGE_SUFFIXES, ".gif", ".pnm", ".pbm", ".jxl")
-
-
-class UsageError(CallicError):
-    exit_code = 64
-
-
-def storage_options(text: str | None) -> dict[str, Any]:
-    """``--storage-options``: a JSON object, or ``@file.json`` (keeps secrets out of shell history)."""
-    if not text:
-        return {}
-    try:
-        raw = Path(text[1:]).read_text() if text.startswith("@") else text
-        value = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--storage-options: not a JSON object or @file: {type(exc).__name__}") from None
-    if not isinstance(value, dict):
-        raise UsageError("--storage-options must be a JSON object")
-    return value
 
 
 def _code_version() -> str:
@@ -307,7 +289,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, ray_flags: bool = True) -> None:
-    p.add_argument("--storage-options", help="fsspec storage options: JSON, or @file.json (credentials, endpoint)")
+    p.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, phase lines or summary; errors still")
     if ray_flags:
         p.add_argument(

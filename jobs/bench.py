@@ -48,6 +48,8 @@ from codec.defaults import CALIBRATION_SCHEMES, DEFAULT_CALIBRATION, DEFAULT_STE
 from jobs.adaptargs import ADAPT_LAYERS, ADAPT_LAYERS_HELP, adapt_config, adapt_fields, add_adapt_arguments
 from jobs.atomic import write_atomically
 from jobs.benchimages import SUFFIXES, NotRGBError, list_bench_images, load_pixels  # noqa: F401 (re-exported)
+from jobs.benchray import RAY_ATTEMPTS, Task, run_images_on_ray  # noqa: F401 (RAY_ATTEMPTS re-exported)
+from jobs.cli import STORAGE_OPTIONS_HELP, storage_options
 from jobs.rowlog import RowLog
 from jobs.runtime import setup_torch
 
@@ -407,47 +409,6 @@ class BenchCodecs:
         return build_codecs(self.names, self.model, self.device, resources.threads, self.chosen, dict(self.adapt))[0]
 
 
-RAY_ATTEMPTS = 2  # an image whose worker dies is tried once more on a fresh one, then recorded as failed
-Task = tuple[str, str, frozenset[str]]  # (path, image name, the row keys already done)
-
-
-def run_images_on_ray(
-    tasks: Sequence[Task],
-    factory: Any,
-    work: Callable[..., list[Row]],
-    args: tuple[Any, ...],
-    lost: Callable[[Task, str], list[Row]],
-    on_rows: Callable[[list[Row]], None],
-    workers: int,
-) -> None:
-    """The benchmarks' runner on Ray actors (``pipeline.pool``, the loop archive and restore run
-    on), one image per task, for the lossless and the lossy bench alike: each actor builds the
-    codecs once (``factory``, with a ``device``), then runs ``work(codecs, path, name, skip,
-    *args)`` per image; ``on_rows`` gets each image's rows as it ends. An image whose worker dies
-    (a codec crash in native code, the memory monitor) is retried once on a fresh worker, then
-    gets the rows ``lost(task, reason)`` makes, and the run goes on."""
-    from pipeline import cluster, pool
-    from pipeline.items import Resources
-
-    p = cluster.plan(workers, 1.0 if factory.device == "cuda" else 0.0)
-    p = cluster.Plan(min(p.workers, len(tasks)), p.gpus_per_worker, p.cpus_per_worker)
-    resources = Resources(p.device, p.cpus_per_worker)
-
-    def on_done(outcome: pool.Outcome[Task]) -> None:
-        on_rows(outcome.result if outcome.error is None else lost(outcome.task, outcome.error))
-
-    pool.run(
-        list(tasks),
-        lambda: cluster.CodecHolder.options(**cluster.actor_options(p)).remote(factory, resources),
-        lambda actor, task: actor.run.remote(work, *task, *args),
-        p,
-        RAY_ATTEMPTS,
-        on_done,
-        "bench_image",
-        labels=lambda task: {"image": task[1]},
-    )
-
-
 def run_on_ray(
     fs: Any,
     paths: Sequence[str],
@@ -763,6 +724,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("input", help="folder or fsspec URL (file://..., s3://bucket/prefix), searched recursively")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary (errors still show)")
     p.add_argument("--out", default="callic-bench", help="folder for results.parquet, report.md and bpsp.png")
+    p.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP + " of DATA")
     p.add_argument(
         "--codecs",
         type=parse_codecs,
@@ -817,7 +779,7 @@ def main(args: argparse.Namespace) -> int:
 
         return benchlossy.main(args)
     setup_torch(args.threads, args.device)
-    fs, paths, names = list_bench_images(args.input)
+    fs, paths, names = list_bench_images(args.input, storage_options(args.storage_options))
     paths, names = paths[: args.limit], names[: args.limit]
     if not paths:
         print(f"callic bench: no {'/'.join(sorted(SUFFIXES))} images in {args.input}", file=sys.stderr)

@@ -8,17 +8,18 @@ from typing import Any
 import numpy as np
 
 from codec.images import read_image
-from jobs.imagefiles import list_images, relative_name
+from jobs.imagefiles import list_images, read_file, relative_name
 
 SUFFIXES = frozenset({".png", ".ppm", ".tif", ".tiff", ".bmp", ".webp"})
 
 
-def list_bench_images(url: str) -> tuple[Any, list[str], list[str]]:
-    """Image files under a folder or fsspec URL, recursively, sorted: (filesystem, paths, display names).
+def list_bench_images(url: str, options: dict[str, Any] | None = None) -> tuple[Any, list[str], list[str]]:
+    """Image files under a folder or fsspec URL (``options``: its storage options), recursively,
+    sorted: (filesystem, paths, display names).
 
     Names are relative to the input so that reports from different mounts or buckets line up.
     """
-    fs, paths = list_images(url, tuple(sorted(SUFFIXES)))
+    fs, paths = list_images(url, tuple(sorted(SUFFIXES)), options)
     return fs, paths, [relative_name(p, url, fs) for p in paths]
 
 
@@ -32,7 +33,7 @@ class NotRGBError(ValueError):
 
 def load_pixels(fs: Any, path: str) -> np.ndarray:
     """The decoded (H, W, 3) uint8 pixels of one file, fetched through fsspec (any storage)."""
-    raster = read_image(fs.cat_file(path))
+    raster = read_image(read_file(fs, path))
     pixels = raster.pixels
     if raster.mode != "RGB" or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         message = f"not 8-bit RGB (mode {raster.mode}, {pixels.dtype}, shape {pixels.shape})"

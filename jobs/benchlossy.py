@@ -235,16 +235,16 @@ def main(args: argparse.Namespace) -> int:
     ``--repeat`` times each point that many times (medians)."""
     from codec.defaults import DEFAULT_STEPS
     from codec.modelfiles import PACKAGE_MODELS, digest_of, quality_levels
-    from jobs.bench import run_images_on_ray
     from jobs.benchimages import list_bench_images
-    from jobs.cli import UsageError
+    from jobs.benchray import run_images_on_ray
+    from jobs.cli import UsageError, storage_options
     from jobs.rowlog import RowLog
     from jobs.runtime import setup_torch
 
     if args.steps != [DEFAULT_STEPS]:
         raise UsageError("--steps applies to the lossless bench (the learned coder's adaptation), not --lossy")
     setup_torch(args.threads, args.device)
-    fs, paths, names = list_bench_images(args.input)
+    fs, paths, names = list_bench_images(args.input, storage_options(args.storage_options))
     paths, names = paths[: args.limit], names[: args.limit]
     if not paths:
         print(f"callic bench --lossy: no images in {args.input}", file=sys.stderr)

@@ -61,6 +61,27 @@ class UsageError(CallicError):
     exit_code = EXIT_USAGE
 
 
+STORAGE_OPTIONS_HELP = "fsspec storage options: JSON, or @file.json (credentials, endpoint)"
+
+
+def storage_options(text: str | None) -> dict:
+    """``--storage-options`` of every command that takes a URL: a JSON object, or
+    ``@file.json`` (keeps secrets out of shell history)."""
+    import json
+    from pathlib import Path
+
+    if not text:
+        return {}
+    try:
+        raw = Path(text[1:]).read_text() if text.startswith("@") else text
+        value = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--storage-options: not a JSON object or @file: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--storage-options must be a JSON object")
+    return value
+
+
 def version() -> str:
     try:
         return metadata.version("callic")

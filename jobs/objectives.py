@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import fsspec
 import torch
 from torch import nn
 
@@ -21,12 +20,14 @@ from codec.config import MGCFConfig
 from codec.errors import CallicError
 from codec.lossy.config import CCAConfig
 from codec.lossy.loss import CCATrainee, rd_loss
-from codec.lossy.weights import load_model_file as load_cca_file
+from codec.lossy.weights import parse_model as parse_cca_file
 from codec.lossy.weights import save_model as save_cca_model
 from codec.mgcf import MGCF
 from codec.mixture import nll_bits
-from codec.weights import load_model_file, save_model
+from codec.modelfiles import read_model_bytes
+from codec.weights import parse_model, save_model
 from jobs.trainsets import metric_name, sums_by_group
+from pipeline.storage import read_url
 
 
 class MGCFObjective:
@@ -37,14 +38,14 @@ class MGCFObjective:
     curve = (("train_bpsp", "val_bpsp"), "bits per subpixel (estimated)")
     default_lr = 5e-4
 
-    def __init__(self, tc):
-        self.tc = tc
+    def __init__(self, tc, options: dict | None = None):
+        self.tc, self.options = tc, options
 
     def build(self) -> nn.Module:
         """A new model, or ``--init``'s weights; ``--patch`` sets the patch size either way (a
         model choice, not a weight: the same weights code any patch size)."""
         if self.tc.init:
-            model = load_model_file(self.tc.init).float_model()
+            model = parse_model(init_bytes(self.tc.init, self.options), source=self.tc.init).float_model()
         else:
             torch.manual_seed(self.tc.seed)  # every worker starts from the same weights
             model = MGCF(MGCFConfig.tiny() if self.tc.config == "tiny" else MGCFConfig())
@@ -94,8 +95,8 @@ class CCAObjective:
     curve = (("train_bpp", "train_aux_bpp", "val_bpp"), "bits per pixel (estimated)")
     default_lr = 1e-4
 
-    def __init__(self, tc):
-        self.tc = tc
+    def __init__(self, tc, options: dict | None = None):
+        self.tc, self.options = tc, options
         if tc.crop % 64:
             raise CallicError("--crop must be a multiple of 64 for the lossy codec (its total stride)")
         if tc.patch is not None:
@@ -110,13 +111,13 @@ class CCAObjective:
         makes it predict worse still, so a new rate point should start from a checkpoint."""
         torch.manual_seed(self.tc.seed)
         if self.tc.init and self.tc.init.endswith(".pt"):
-            with fsspec.open(self.tc.init, "rb") as f:
-                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+            data = init_bytes(self.tc.init, self.options)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             trainee = CCATrainee(CCAConfig.from_json(state["config"]))
             trainee.load_state_dict(state["model"])
             return trainee
         if self.tc.init:
-            model = load_cca_file(self.tc.init).float_model()
+            model = parse_cca_file(init_bytes(self.tc.init, self.options), source=self.tc.init).float_model()
             trainee = CCATrainee(model.cfg)  # a fresh auxiliary model
             trainee.model.load_state_dict(model.state_dict())
             return trainee
@@ -175,8 +176,17 @@ class CCAObjective:
 OBJECTIVES = {"callic": MGCFObjective, "cca": CCAObjective}
 
 
-def objective_for(tc):
-    return OBJECTIVES[tc.codec](tc)
+def objective_for(tc, options: dict | None = None):
+    """``tc``'s objective; ``options``: the storage options of an ``--init`` URL."""
+    return OBJECTIVES[tc.codec](tc, options)
+
+
+def init_bytes(path: str, options: dict | None) -> bytes:
+    """``--init``'s bytes: a local file size-checked as every model file, a URL through
+    ``pipeline.storage.Store`` (its retries; ``options``: credentials, endpoint)."""
+    if "://" not in path:
+        return read_model_bytes(path)
+    return read_url(path, options)
 
 
 def _unwrap(net: nn.Module) -> nn.Module:

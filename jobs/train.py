@@ -43,17 +43,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from codec.errors import CallicError
-from jobs.atomic import write_atomically
+from jobs.cli import STORAGE_OPTIONS_HELP, UsageError, storage_options
 from jobs.objectives import OBJECTIVES, objective_for
 from jobs.runtime import keep_freed_memory, setup_torch
 from jobs.trainsets import Tiles, load_rgb_images, step_crops, val_columns, validation_tiles
+from pipeline.storage import Store
 
 
 def log_fields(objective, val_groups: tuple[str, ...] = (), kept: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -109,13 +109,15 @@ def learning_rate(tc: TrainConfig, step: int) -> float:
 
 
 class Run:
-    """Where a run keeps its state: ``out`` may be a local folder or an fsspec URL."""
+    """Where a run keeps its state: ``out`` may be a local folder or an fsspec URL, reached through
+    ``pipeline.storage.Store`` (retries; ``options``: its storage options, never written)."""
 
-    def __init__(self, out: str, objective):
+    def __init__(self, out: str, objective, options: dict | None = None):
         self.objective = objective
         self.val_groups: tuple[str, ...] = ()
         self.kept: tuple[str, ...] = ()
-        self.fs, self.root = fsspec.core.url_to_fs(str(out))
+        self.store = Store(str(out), options or {})
+        self.fs, self.root = self.store.fs, self.store.root
         self.fs.makedirs(self.root, exist_ok=True)
 
     def path(self, name: str) -> str:
@@ -123,14 +125,10 @@ class Run:
 
     def write(self, name: str, data: bytes) -> None:
         """Whole-file write: rename on local disks, one PUT on object stores, so never half a file."""
-        target = self.path(name)
-        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem):
-            write_atomically(target, data)
-        else:
-            self.fs.pipe_file(target, data)
+        self.store.write(name, data)
 
     def read(self, name: str) -> bytes | None:
-        return self.fs.cat_file(self.path(name)) if self.fs.exists(self.path(name)) else None
+        return self.store.read(name) if self.store.exists(name) else None
 
     def save_checkpoint(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
         buf = io.BytesIO()
@@ -239,16 +237,18 @@ def pick_device(name: str, threads: int | None = None) -> torch.device:
     return torch.device(name)
 
 
-def train_loop(config: dict, ctx: Context | None = None) -> str | None:
-    """Train (or resume) as ``config`` (a ``TrainConfig`` as a dict) says; rank 0 returns the model path."""
+def train_loop(config: dict, ctx: Context | None = None, options: dict | None = None) -> str | None:
+    """Train (or resume) as ``config`` (a ``TrainConfig`` as a dict) says; rank 0 returns the model
+    path. ``options``: fsspec storage options of the data, validation, run and ``--init`` URLs
+    (credentials: never part of ``config``, which Ray Train keeps in the run folder)."""
     tc = TrainConfig(**config)
     keep_freed_memory()  # each step allocates the same activations again (jobs.runtime)
     if ctx is None:
         ctx = Context(pick_device(tc.device, tc.threads))
     elif tc.threads:
         torch.set_num_threads(tc.threads)
-    objective = objective_for(tc)
-    run = Run(tc.out, objective)
+    objective = objective_for(tc, options)
+    run = Run(tc.out, objective, options)
     model = objective.build()
     crop = objective.crop(model)
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate(tc, 0))
@@ -260,8 +260,8 @@ def train_loop(config: dict, ctx: Context | None = None) -> str | None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-    images = load_rgb_images(tc.data, crop)
-    tiles = validation_tiles(load_rgb_images(tc.val, crop), tc.val_tiles, crop) if tc.val else None
+    images = load_rgb_images(tc.data, crop, options)
+    tiles = validation_tiles(load_rgb_images(tc.val, crop, options), tc.val_tiles, crop) if tc.val else None
     run.val_groups = tiles.groups if tiles is not None else ()
     rows = run.log_rows(step) if ctx.rank == 0 else []
     net = ctx.wrap(model.train())
@@ -409,10 +409,13 @@ def _absolute(path: str | None) -> str | None:
 def main(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     tc = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    options = storage_options(args.storage_options)
     if tc.workers > 0:
+        if options:  # Ray Train would keep them in the run folder with the loop's config
+            raise UsageError("--storage-options with --workers: give the workers credentials through the environment")
         train_with_ray(tc)
     else:
-        train_loop(dataclasses.asdict(tc))
+        train_loop(dataclasses.asdict(tc), options=options)
     return 0
 
 
@@ -421,6 +424,7 @@ def add_parser(sub) -> None:
     p.add_argument("data", help="folder or fsspec URL of training images")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or final line (errors still show)")
     p.add_argument("--out", default="callic-train", help="run folder or URL: checkpoint, log.csv, model/")
+    p.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP + " of DATA, --val, --out and --init URLs")
     p.add_argument("--codec", choices=sorted(OBJECTIVES), default="callic", help="callic (lossless) or cca (lossy)")
     p.add_argument("--val", help="folder or URL of validation images (e.g. the 'val' set of callic data)")
     p.add_argument(

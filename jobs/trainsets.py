@@ -35,7 +35,7 @@ import torch
 
 from codec.errors import CallicError
 from codec.images import read_image
-from jobs.imagefiles import list_images
+from jobs.imagefiles import list_images, read_file
 
 OTHER = "other"
 MANIFEST = "manifest.json"
@@ -74,7 +74,7 @@ def recorded_groups(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str
     if size is None or size > MAX_MANIFEST_BYTES:
         raise CallicError(f"{path}: {size} bytes is too large for an image set's manifest")
     try:
-        images = json.loads(fs.cat_file(path)).get("images")
+        images = json.loads(read_file(fs, path)).get("images")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return {}
     if not isinstance(images, list):
@@ -86,17 +86,18 @@ def recorded_groups(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str
     }
 
 
-def load_rgb_images(url: str, min_side: int) -> dict[str, list[np.ndarray]]:
-    """Every 8-bit RGB(A) image under ``url`` at least ``min_side`` on each side, as RGB arrays,
-    by group (see the module docstring); groups sorted by name, images in file order."""
-    fs, paths = list_images(url)
+def load_rgb_images(url: str, min_side: int, options: dict | None = None) -> dict[str, list[np.ndarray]]:
+    """Every 8-bit RGB(A) image under ``url`` (``options``: its storage options) at least
+    ``min_side`` on each side, as RGB arrays, by group (see the module docstring); groups sorted
+    by name, images in file order."""
+    fs, paths = list_images(url, options=options)
     manifests: dict[str, dict[str, str]] = {}
     groups: dict[str, list[np.ndarray]] = {}
     for path in paths:
         folder, _, file = path.rpartition("/")
         if folder not in manifests:
             manifests[folder] = recorded_groups(fs, folder)
-        raster = read_image(fs.cat_file(path))
+        raster = read_image(read_file(fs, path))
         if raster.pixels.dtype == np.uint8 and raster.mode in ("RGB", "RGBA"):
             px = raster.pixels[..., :3]
             if min(px.shape[:2]) >= min_side:

@@ -443,3 +443,10 @@ class Store:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     p = fs.protocol
     return (p,) if isinstance(p, str) else tuple(p)
+
+
+def read_url(url: str, options: dict[str, Any] | None = None) -> bytes:
+    """One file by path or fsspec URL, through ``Store`` (its retries, S3 retry mode, redacted
+    errors): a training ``--init``, a benchmark's image."""
+    parent, _, name = str(url).rstrip("/").rpartition("/")
+    return Store(parent or ".", options or {}).read(name)

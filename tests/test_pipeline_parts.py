@@ -31,6 +31,11 @@ class FlakyMemoryFS(MemoryFileSystem):
 
     failures = 0
     calls = 0
+    options: dict = {}  # the storage options the last instance was made with
+
+    def __init__(self, *args, **storage_options):
+        super().__init__(*args, **storage_options)
+        type(self).options = dict(storage_options)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
         type(self).calls += 1
@@ -234,3 +239,36 @@ def test_restore_refuses_keys_that_escape(key):
 def test_restore_accepts_plain_keys():
     assert safe_key("cats/tabby.png") == "cats/tabby.png"
     assert safe_key("..hidden/x..png") == "..hidden/x..png"
+
+
+def test_bench_and_train_read_and_write_urls_through_store(tmp_path, tiny_model_path):
+    """``bench`` and ``train`` take ``--storage-options`` and reach their URLs through ``Store``:
+    the options get to the filesystem, and a throttling store's failures are retried."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from jobs.cli import main
+    from tests.conftest import SAMPLES
+
+    FlakyMemoryFS.store.clear()
+    FlakyMemoryFS.failures = 0
+    for name in ("a.png", "b.png"):
+        px = np.asarray(Image.open(SAMPLES / "kodim23-crop.png").convert("RGB"))[:72, :72]
+        buf = io.BytesIO()
+        Image.fromarray(px if name == "a.png" else px[::-1]).save(buf, format="PNG")
+        FlakyMemoryFS().pipe_file(f"/data/{name}", buf.getvalue())
+    options = ["--storage-options", '{"region": "somewhere"}']
+    FlakyMemoryFS.failures = 2  # the first reads fail as a throttling store's would
+    out = tmp_path / "bench"
+    assert main(["bench", "flakymem://data", "--codecs", "png", "--out", str(out), "-q", *options]) == 0
+    rows = (out / "rows.jsonl").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all('"verified": true' in r for r in rows)
+    assert FlakyMemoryFS.options == {"region": "somewhere"}
+
+    FlakyMemoryFS.failures = 3  # reads of the data and writes of the run alike
+    run = ["train", "flakymem://data", "--out", "flakymem://run", "--config", "tiny", "--steps", "2", "--batch", "2"]
+    assert main([*run, "--threads", "1", "--device", "cpu", "--val-every", "1000", "-q", *options]) == 0
+    assert "/run/checkpoint.pt" in FlakyMemoryFS.store and "/run/log.csv" in FlakyMemoryFS.store
+    assert FlakyMemoryFS.failures == 0
