@@ -87,3 +87,20 @@ def decode_jxl_file(header, container, payload: bytes, models, device: str) -> n
 
 def decode_zlib_file(header, container, payload: bytes, models, device: str) -> np.ndarray:
     return zlib_decode(payload, header.shape, np.dtype(header.dtype))
+
+
+def transcode_jpeg(data: bytes) -> bytes | None:
+    """A JPEG's lossless JPEG-XL transcode (its DCT coefficients recoded, typically ~20% smaller),
+    checked by rebuilding the JPEG from it: the very same bytes, or None (a JPEG feature libjxl
+    cannot transcode, a file that would not get smaller). ``restore_jpeg`` gives the JPEG back."""
+    try:
+        blob = bytes(imagecodecs.jpegxl_encode_jpeg(data))
+        exact = bytes(imagecodecs.jpegxl_decode_jpeg(blob)) == data
+    except Exception:  # libjxl refuses some JPEGs (arithmetic coding, odd markers)
+        return None
+    return blob if exact and len(blob) < len(data) else None
+
+
+def restore_jpeg(blob: bytes) -> bytes:
+    """The JPEG a ``transcode_jpeg`` file was made from, bit for bit."""
+    return bytes(imagecodecs.jpegxl_decode_jpeg(blob))
