@@ -1,11 +1,11 @@
 """Backward-adaptive calibration, float estimate (issue 17, step 1): how many bits would the coder
 save if each wavefront step's mixtures were corrected from the residuals of the pixels its segment
-has already coded? The design of ``codec.calibration`` was chosen with it.
+has already coded? The design of ``codec.mgcf.calibration`` was chosen with it.
 
 Everything a decoder could rebuild: the statistics of step g come from steps < g of the same
 segment (and, for G and B, from the same pixel's R and G), so no side information is sent. The
 model's parameters are the exact path's own (``ExactMGCF.full_params``, read as floats); the bits
-are the float mixture's (``codec.mixture.nll_bits``): estimated, not file sizes.
+are the float mixture's (``codec.mgcf.mixture.nll_bits``): estimated, not file sizes.
 
 Per coded subpixel, with mixture weights pi_k, means mu_k, log-scales l_k: centre m = sum pi mu,
 l = sum pi l, s = exp(l), observed residual z = |x - m| / s and the residual the model expects, e
@@ -52,9 +52,9 @@ import torch.nn.functional as F
 
 from codec.api import load_model
 from codec.images import read_image
-from codec.learned import patchify, real_masks, segments
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, channel_means, nll_bits, split
-from codec.wavefront import step_positions
+from codec.mgcf.learned import patchify, real_masks, segments
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, channel_means, nll_bits, split
+from codec.mgcf.wavefront import step_positions
 
 NEIGHBOURS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0))  # W, N, NW, NE, WW, NN: earlier groups
 LOGISTIC_MAD = 2 * math.log(2)  # E|Z| of the standard logistic

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codec.lossy.loss import MSE_WEIGHT
-from codec.lossy.weights import load_model_file
-from jobs.bench import list_bench_images, load_pixels
-from jobs.benchlossy import cca_codec, measure
+from codec.cca.loss import MSE_WEIGHT
+from codec.cca.weights import load_model_file
+from jobs.bench.images import list_bench_images, load_pixels
+from jobs.bench.lossy import cca_codec, measure
 
 
 def run_model(run: Path) -> Path:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 import codec
-from codec.config import MGCFConfig
 from codec.images import read_image
-from codec.wavefront import kernel_offsets
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.wavefront import kernel_offsets
 
 
 def forward_gflop(cfg: MGCFConfig, pixels: int) -> float:

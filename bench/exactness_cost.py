@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 import codec
-from codec.api import read_header
+from codec.header import read_header
 from codec.images import read_image
-from codec.learned import patchify, real_masks, segments
-from codec.mixture import nll_bits
+from codec.mgcf.learned import patchify, real_masks, segments
+from codec.mgcf.mixture import nll_bits
+from codec.mgcf.weights import load_model_file
 from codec.modelfiles import default_model_path
-from codec.weights import load_model_file
 
 
 def float_bits(model, pixels: np.ndarray, patch: int) -> float:

@@ -268,16 +268,16 @@ def make_seeds(model_dir: Path) -> dict[str, bytes]:
 
     import codec
     from codec.api import encode_many
-    from codec.config import MGCFConfig
+    from codec.cca.api import encode_lossy, load_lossy_model
+    from codec.cca.config import CCAConfig
+    from codec.cca.model import CCAModel
+    from codec.cca.weights import save_model as save_lossy
     from codec.errors import CallicError
     from codec.images import read_image
-    from codec.lossy.api import encode_lossy, load_lossy_model
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.model import CCAModel
-    from codec.lossy.weights import save_model as save_lossy
-    from codec.mgcf import MGCF
-    from codec.rpft import AdaptConfig
-    from codec.weights import save_model
+    from codec.mgcf.config import MGCFConfig
+    from codec.mgcf.model import MGCF
+    from codec.mgcf.rpft import AdaptConfig
+    from codec.mgcf.weights import save_model
 
     torch.manual_seed(0)
     net = MGCF(MGCFConfig.tiny())

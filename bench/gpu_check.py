@@ -10,7 +10,7 @@ skipped and named in ``skipped``):
    ``learned`` coder, adaptation allowed on any size: ``min_pixels`` 0, at most
    ``--adapt-patches`` patches per step as ``callic encode``), then decoded on the CPU with a
    model loaded on the CPU, in ``--cpu-workers`` processes of one thread each; the decoded
-   pixels are compared with the original (values, dtype and shape: ``jobs.bench.mismatch``); a
+   pixels are compared with the original (values, dtype and shape: ``jobs.bench.measure.mismatch``); a
    lossy file (``--codec cca``) is compared with the reconstruction its encoder returned. A
    decoder error (e.g. the stored hash does not match) counts as a mismatch, with its message.
    Where adaptation at T > 0 dropped the adapters (they did not pay for their bits, common on
@@ -19,7 +19,7 @@ skipped and named in ``skipped``):
 2. Timings, medians over the photos: encode at each T on ``--device`` (after one untimed warm-up
    encode per T, which also takes CUDA's start-up out), the CPU decodes of part 1, and decode on
    ``--device`` (also checked there: ``device_decode_exact``).
-3. Batched adaptation (lossless only): ``codec.rpft.adapt``, the one batched fine-tuning API
+3. Batched adaptation (lossless only): ``codec.mgcf.rpft.adapt``, the one batched fine-tuning API
    (``encode_many`` calls it once for all its images), at T = ``--adapt-steps`` on batches of
    ``--batches`` photos (cycled when a batch is larger than the photo set), after a warm-up:
    images per second of fine-tuning alone (rate estimate included, exact coding excluded).
@@ -48,13 +48,14 @@ import numpy as np
 import torch
 
 import codec
-from codec import adapters, rpft
-from codec.api import EncodeReport, _LearnedFile, with_adapters
 from codec.defaults import DEFAULT_CALIBRATION, patches_per_stream
 from codec.errors import CallicError
 from codec.images import read_image
-from codec.rpft import AdaptConfig
-from jobs.bench import mismatch
+from codec.mgcf import adapters, rpft
+from codec.mgcf.coder import LearnedFile, with_adapters
+from codec.mgcf.rpft import AdaptConfig
+from codec.report import EncodeReport
+from jobs.bench.measure import mismatch
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _load_cpu_model(codec_name: str, model_path: str | None) -> None:
     """Load the CPU model once per process (the pool's initializer, or in-process)."""
     torch.set_num_threads(1)
     if codec_name == "cca":
-        from codec.lossy.api import load_lossy_model
+        from codec.cca.api import load_lossy_model
 
         _CPU_MODEL["model"] = load_lossy_model(model_path, device="cpu")
     else:
@@ -185,12 +186,12 @@ def forced_adapter_file(px: np.ndarray, model: codec.api.Model, device: str, cfg
     raster = codec.Raster.from_array(px)
     report = EncodeReport()
     per = patches_per_stream(model.exact.cfg.patch)
-    learned = _LearnedFile.code(raster, model, per, 1, report, DEFAULT_CALIBRATION)
+    learned = LearnedFile.code(raster, model, per, 1, report, DEFAULT_CALIBRATION)
     return learned._file(merged, section, report)
 
 
 def encode_lossy(photos: list[tuple[str, np.ndarray]], model: Any, device: str) -> list[Coded]:
-    from codec.lossy.api import encode_lossy_with_reconstruction
+    from codec.cca.api import encode_lossy_with_reconstruction
 
     out = []
     for name, px in photos:
@@ -314,7 +315,7 @@ def encode_photos(
 ) -> tuple[list[Coded], Callable[[bytes], np.ndarray]]:
     """Every file of part 1, after one untimed warm-up encode per T, and a decoder on the device."""
     if args.codec == "cca":
-        from codec.lossy.api import load_lossy_model
+        from codec.cca.api import load_lossy_model
 
         model = load_lossy_model(args.model, device=args.device)
         encode_lossy(photos[:1], model, args.device)  # warm-up

@@ -204,8 +204,8 @@ check() {
 shipped_rate_point() {
   "$PY" - "$LMBDA" <<'EOF'
 import sys
-from codec.lossy.api import PACKAGE_MODELS, quality_levels
-from codec.lossy.weights import load_model_file
+from codec.cca.api import PACKAGE_MODELS, quality_levels
+from codec.cca.weights import load_model_file
 for name in quality_levels():
     path = PACKAGE_MODELS / name
     if path.is_file() and load_model_file(path).lmbda == float(sys.argv[1]):

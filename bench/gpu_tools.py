@@ -315,12 +315,12 @@ def tiny_models(dest: str) -> dict[str, str]:
     predictions are sharp enough for the exact path's tables) and a tiny CCA model."""
     import torch
 
-    from codec.config import MGCFConfig
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.model import CCAModel
-    from codec.lossy.weights import save_model as save_lossy
-    from codec.mgcf import MGCF
-    from codec.weights import save_model
+    from codec.cca.config import CCAConfig
+    from codec.cca.model import CCAModel
+    from codec.cca.weights import save_model as save_lossy
+    from codec.mgcf.config import MGCFConfig
+    from codec.mgcf.model import MGCF
+    from codec.mgcf.weights import save_model
 
     torch.manual_seed(0)
     mgcf = MGCF(MGCFConfig.tiny())
@@ -338,9 +338,9 @@ def tiny_models(dest: str) -> dict[str, str]:
 
 def init_model(args: argparse.Namespace) -> tuple[int, str]:
     """The checkpoint's step, and an MGCF model file of its configuration and weights (``callic train --init``)."""
-    from codec.config import MGCFConfig
-    from codec.mgcf import MGCF
-    from codec.weights import save_model
+    from codec.mgcf.config import MGCFConfig
+    from codec.mgcf.model import MGCF
+    from codec.mgcf.weights import save_model
 
     state = load_checkpoint(Path(args.checkpoint))
     model = MGCF(MGCFConfig.from_json(state["config"]))

@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 import codec.api as api
-from codec import rpft
 from codec.defaults import (
     DEFAULT_ADAPT_PATCHES,
     DEFAULT_CALIBRATION,
@@ -25,18 +24,22 @@ from codec.defaults import (
     DEFAULT_STEPS,
     patches_per_stream,
 )
-from codec.rpft import AdaptConfig
+from codec.mgcf import rpft
+from codec.mgcf.coder import LearnedFile
+from codec.mgcf.rpft import AdaptConfig
+from codec.raster import Raster
+from codec.report import EncodeReport
 
 
 def crop_row(model: api.Model, name: str, img: np.ndarray, size: int, cfg: AdaptConfig) -> str:
     """One crop's line: sizes without and with adaptation, JPEG-XL's, and the seconds of each."""
     h, w = img.shape[:2]
     y, x = (h - size) // 2, (w - size) // 2
-    raster = api.Raster.from_array(np.ascontiguousarray(img[y : y + size, x : x + size]))
-    report = api.EncodeReport()
+    raster = Raster.from_array(np.ascontiguousarray(img[y : y + size, x : x + size]))
+    report = EncodeReport()
     start = time.perf_counter()
     per = patches_per_stream(model.exact.cfg.patch)
-    learned = api._LearnedFile.code(raster, model, per, DEFAULT_JXL_EFFORT, report, DEFAULT_CALIBRATION)
+    learned = LearnedFile.code(raster, model, per, DEFAULT_JXL_EFFORT, report, DEFAULT_CALIBRATION)
     base_s, base = time.perf_counter() - start, len(learned.data)
     start = time.perf_counter()
     (adapted,) = rpft.adapt(model.float_model("cpu"), [learned.rgb], cfg)

@@ -205,8 +205,8 @@ def main() -> int:
 
 def _tiny_model(folder: Path) -> str:
     """The tests' seeded random tiny model, installed where decoders look for it."""
-    from codec.config import MGCFConfig
-    from codec.weights import save_model
+    from codec.mgcf.config import MGCFConfig
+    from codec.mgcf.weights import save_model
     from tests.conftest import make_model
 
     folder.mkdir(parents=True)

@@ -32,8 +32,9 @@ import torch
 import codec.api as api
 from codec.defaults import patches_per_stream
 from codec.images import read_image
+from codec.mgcf.weights import load_model_file, save_model
 from codec.modelfiles import default_model_path
-from codec.weights import load_model_file, save_model
+from codec.raster import Raster
 
 
 def repatched(model_path: Path, patch: int, directory: str) -> api.Model:
@@ -43,7 +44,7 @@ def repatched(model_path: Path, patch: int, directory: str) -> api.Model:
     return api.load_model(str(save_model(float_model, directory)))
 
 
-def code_once(model: api.Model, raster: api.Raster) -> tuple[int, float, float]:
+def code_once(model: api.Model, raster: Raster) -> tuple[int, float, float]:
     """(bytes, encode s, decode s) of one image, decoded and compared."""
     per = patches_per_stream(model.exact.cfg.patch)
     start = time.perf_counter()

@@ -1,19 +1,19 @@
 """RPFT settings against the seconds they cost (issue 17, item 3): which layers adapt, T, the
 learning rate, patches per step. Estimated, not file sizes: the float model's bits of the whole
-image with the quantized adapters (``codec.rpft.Adapted.adapted_bits``) plus the real ADPT
+image with the quantized adapters (``codec.mgcf.rpft.Adapted.adapted_bits``) plus the real ADPT
 section's bytes, against the float model's bits without adapters. Real files: ``callic bench``.
 
-Each variant is ``name:key=value,...`` over ``codec.rpft.AdaptConfig`` fields (``steps``,
+Each variant is ``name:key=value,...`` over ``codec.mgcf.rpft.AdaptConfig`` fields (``steps``,
 ``layers``, ``lr``, ``max_patches``, ``b``, ``d``, ``e``, ``stop_below`` (early stopping: ``steps``
 is then a budget; the row's ``steps`` say how many ran); ``aware=1``: RPFT's loss through
-calibration's corrections, ``codec.calibration_loss``); the variants run one after the
+calibration's corrections, ``codec.mgcf.calibration_loss``); the variants run one after the
 other on each image, so load on the machine falls on all of them alike. Fine-tuning seconds are
 ``AdaptConfig``'s own clock (the T steps and the final estimate, not the rate estimate).
 
 With ``aware=1`` the row's base, adapted and net bits are after the oracle corrections (what that
 RPFT minimises); only the calibrated columns compare across variants.
 
-``--calibrated``: also the float estimate of the bits with ``codec.calibration``'s correction
+``--calibrated``: also the float estimate of the bits with ``codec.mgcf.calibration``'s correction
 (``bench/calibration_estimate.py``'s variant closest to scheme 1), of the base model and of each
 adapted one: does RPFT still pay once the coder calibrates itself?
 
@@ -33,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec import adapters
-from codec.api import load_model, with_adapters
+from codec.api import load_model
 from codec.defaults import DEFAULT_ADAPT_PATCHES, DEFAULT_STEPS, patches_per_stream
 from codec.images import read_image
-from codec.rpft import AdaptConfig, adapt
+from codec.mgcf import adapters
+from codec.mgcf.coder import with_adapters
+from codec.mgcf.rpft import AdaptConfig, adapt
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling bench script, also when imported
 from calibration_estimate import VARIANTS, centre_crop, estimate  # noqa: E402

@@ -23,9 +23,9 @@ variant's value up to float rounding.
 
 Variants (``--variants``; the first is the reference of ``ratio``):
 
-- ``base``: the model as ``codec/mgcf.py`` has it.
+- ``base``: the model as ``codec/mgcf/model.py`` has it.
 - ``dw-plain``: the masked depth-wise convolutions as a plain ``F.conv2d`` of the whole masked k x k
-  kernel and autograd's own backward (what ``codec/mgcf.py`` did before ``masked_depthwise``).
+  kernel and autograd's own backward (what ``codec/mgcf/model.py`` did before ``masked_depthwise``).
 - ``compile``: ``torch.compile`` of the model (compile time falls in the warm-up steps).
 - ``bf16``: bfloat16 autocast of the model's forward (the loss in float32, as training on CUDA).
 - ``tanh-gelu``: GELU's tanh approximation. It changes the function (the exact decoder tabulates
@@ -71,9 +71,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.config import MGCFConfig
-from codec.mgcf import MGCF, MaskedConv2d
-from codec.mixture import nll_bits
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.mixture import nll_bits
+from codec.mgcf.model import MGCF, MaskedConv2d
 from jobs.runtime import keep_freed_memory
 
 LR = 1e-4
@@ -86,7 +86,7 @@ SECTION = "train_speed."
 
 def _plain_dw_forward(self: MaskedConv2d, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
     """The depth-wise convolution as one F.conv2d of the whole masked kernel (the code before
-    ``codec.mgcf.masked_depthwise``), for the ``dw-plain`` variant."""
+    ``codec.mgcf.model.masked_depthwise``), for the ``dw-plain`` variant."""
     weight = self.weight if delta is None else self.weight + delta[0]
     return F.conv2d(x, weight * self.mask, self.bias, padding=self.padding, groups=self.groups)
 
@@ -99,7 +99,7 @@ def _use_plain_dw(model: MGCF) -> nn.Module:
 
 @contextlib.contextmanager
 def _tanh_gelu() -> Iterator[None]:
-    """GELU's tanh approximation for the code run inside (``codec.mgcf`` calls ``F.gelu``)."""
+    """GELU's tanh approximation for the code run inside (``codec.mgcf.model`` calls ``F.gelu``)."""
     exact = F.gelu
     F.gelu = lambda x, approximate="none": exact(x, approximate="tanh")
     try:
@@ -327,7 +327,7 @@ def _is_embed(event) -> bool:
 def _model_category(event, backward: bool, node: str) -> str:
     """The category of an op of the model's forward or backward (``node``: the autograd node running it)."""
     name = event.name
-    dw_node = "Depthwise" in node  # codec.mgcf's own depth-wise backward runs convolutions as forward ops
+    dw_node = "Depthwise" in node  # codec.mgcf.model's own depth-wise backward runs convolutions as forward ops
     if name in CONV_OPS or dw_node:
         if any(_is_embed(e) for e in (event, *_ancestors(event)) if e.name in CONV_OPS):
             return EMBED

@@ -5,7 +5,7 @@ mode, palette and metadata beside it). See ``codec.api`` for the file format.
 
 ``import codec`` is cheap: the names below are loaded on first use (PEP 562), so a tool that only
 reads headers (``codec.info``, ``callic info``, ``callic --help``) never imports torch. Submodules
-(``codec.api``, ``codec.lossy``...) are reachable as attributes after a plain ``import codec``, as
+(``codec.api``, ``codec.cca``...) are reachable as attributes after a plain ``import codec``, as
 they were when this package imported ``codec.api`` eagerly.
 """
 

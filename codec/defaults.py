@@ -4,7 +4,7 @@ One place, so that ``callic encode``, ``callic archive``, ``callic demo``, ``cal
 ``codec.api.encode`` agree. This module imports nothing heavy (no torch, numpy or Ray): the CLI's
 ``--help`` reads it.
 
-- ``DEFAULT_STEPS``: per-image adaptation steps (RPFT, ``codec.rpft``) everywhere a user does not
+- ``DEFAULT_STEPS``: per-image adaptation steps (RPFT, ``codec.mgcf.rpft``) everywhere a user does not
   say otherwise.
 - ``MIN_ADAPT_PIXELS``: images with fewer pixels (height x width) are not adapted: their adapters
   rarely pay for their own bits (the section alone is about 3.6 KB), and fine-tuning costs 2-8x
@@ -12,7 +12,7 @@ One place, so that ``callic encode``, ``callic archive``, ``callic demo``, ``cal
 - ``DEFAULT_JXL_EFFORT``: libjxl effort of the JPEG-XL lossless candidate (users may set 1..10,
   as ``cjxl -e``).
 - ``DEFAULT_CALIBRATION``: the learned coder corrects its mixtures from the residuals already
-  coded (``codec.calibration``); 0 turns it off (files as earlier versions wrote them).
+  coded (``codec.mgcf.calibration``); 0 turns it off (files as earlier versions wrote them).
 - ``DEFAULT_PATCHES_PER_STREAM``: patches per range-coder stream of the learned coder, for 64x64
   patches; ``patches_per_stream(P)`` scales it to keep the pixels per stream (and so the decoder's
   memory per stream, which grows with P x P) the same for a model of another patch size P.
@@ -52,13 +52,19 @@ starts to pay on most images between 135,300 and 240,000 pixels: the threshold i
 
 from __future__ import annotations
 
+import os
+
 DEFAULT_STEPS = 10
 MIN_ADAPT_PIXELS = 200_000
 DEFAULT_JXL_EFFORT = 7
 JXL_EFFORTS = range(1, 11)
 DEFAULT_PATCHES_PER_STREAM = 64
 MAX_PATCHES_PER_STREAM = 4096  # the most a file may declare (the decoder's memory bound)
-# Backward-adaptive calibration of the learned coder (``codec.calibration``): the scheme new files
+# Memory for a decoder's caches, both learned coders': patches (or rows) decoded together, and the
+# largest segment a file may need (``CALLIC_DECODER_MEMORY`` raises it on a machine that has more).
+DEFAULT_DECODER_MEMORY = 2 << 30
+DECODER_BATCH_BYTES = int(os.environ.get("CALLIC_DECODER_MEMORY", DEFAULT_DECODER_MEMORY))
+# Backward-adaptive calibration of the learned coder (``codec.mgcf.calibration``): the scheme new files
 # are written with (0: none). Files record theirs in a CALB section.
 DEFAULT_CALIBRATION = 1
 CALIBRATION_SCHEMES = (0, 1)
@@ -69,7 +75,7 @@ def patches_per_stream(patch: int) -> int:
     return max(1, min(DEFAULT_PATCHES_PER_STREAM, DEFAULT_PATCHES_PER_STREAM * 64 * 64 // (patch * patch)))
 
 
-# Adaptation's other defaults (``codec.rpft.AdaptConfig``, ``codec.adapters.AdapterSpec``), here so
+# Adaptation's other defaults (``codec.mgcf.rpft.AdaptConfig``, ``codec.mgcf.adapters.AdapterSpec``), here so
 # that the CLI's flags show them without importing torch.
 DEFAULT_ADAPT_PATCHES = 32  # most patches an image trains on per step (``--adapt-patches``)
 DEFAULT_ADAPT_LR = 2e-3

@@ -1,7 +1,7 @@
 """Batched range coding of integer frequency tables with ``constriction``.
 
 One call codes every symbol of a wavefront step (never one symbol per call). Tables come from
-``codec.tables``: 256 integers summing to ``2**24 - 256``, passed as float32 (exact: every value
+``codec.mgcf.tables``: 256 integers summing to ``2**24 - 256``, passed as float32 (exact: every value
 and every partial sum is an integer below 2**24) so constriction's quantizer reproduces them
 exactly (see the module docstring there).
 

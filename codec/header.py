@@ -1,8 +1,9 @@
 """The ``HEAD`` section and ``info``: what a ``.cllc`` file holds, read without torch.
 
-Split from ``codec.api`` (which re-exports every name here) so that ``callic info FILE``, archive
-status and any tool that only looks at files start in well under a second: this module needs the
-container, the raster mode table and numpy, never torch or Ray.
+Split from ``codec.api`` (which re-exports ``Header``, ``KNOWN_CRITICAL``, ``info`` and
+``read_header``) so that ``callic info FILE``, archive status and any tool that only looks at files
+start in well under a second: this module needs the container, the raster mode table and numpy,
+never torch or Ray.
 
 HEAD payload (little-endian)::
 
@@ -29,15 +30,15 @@ CODER_MGCF, CODER_JXL, CODER_ZLIB, CODER_CCA = 1, 2, 3, 4
 DTYPES = {1: "bool", 2: "uint8", 3: "uint16", 4: "int32", 5: "float32"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 _ITEMSIZE = {"bool": 1, "uint8": 1, "uint16": 2, "int32": 4, "float32": 4}
-# The adapters' section tag (``codec.adapters.SECTION``; that module needs torch, so it is named
+# The adapters' section tag (``codec.mgcf.adapters.SECTION``; that module needs torch, so it is named
 # here too, and a test keeps the two equal).
 ADAPTERS_SECTION = b"ADPT"
-# The calibration scheme's section (``codec.calibration.SECTION``, mirrored like ADPT): one byte,
+# The calibration scheme's section (``codec.mgcf.calibration.SECTION``, mirrored like ADPT): one byte,
 # the scheme; absent means none. Critical: a decoder that does not know it must refuse the file.
 CALIBRATION_SECTION = b"CALB"
 KNOWN_CRITICAL = frozenset({HEAD, b"DATA", b"ALPH", b"PLTE", ADAPTERS_SECTION, CALIBRATION_SECTION})
 MAX_CHANNELS = 16
-KNOWN_CALIBRATION_SCHEMES = (1,)  # codec.calibration.SCHEME; a test keeps them equal
+KNOWN_CALIBRATION_SCHEMES = (1,)  # codec.mgcf.calibration.SCHEME; a test keeps them equal
 # Largest image a decoder accepts, in bytes of pixels (1 GiB, e.g. 350 megapixels of RGB); a file
 # claiming more is refused before anything is allocated. Raise it with CALLIC_MAX_PIXEL_BYTES.
 MAX_PIXEL_BYTES = int(os.environ.get("CALLIC_MAX_PIXEL_BYTES", 1 << 30))

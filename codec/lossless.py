@@ -8,7 +8,9 @@ images get the classical coders with either.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codec.defaults import (
@@ -29,7 +31,7 @@ from codec.report import EncodeReport
 from codec.settings import Settings
 
 if TYPE_CHECKING:
-    from codec.rpft import AdaptConfig
+    from codec.mgcf.rpft import AdaptConfig
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ class LosslessSettings(Settings):
         a value out of range."""
         if self.steps == 0:
             return None
-        from codec.adapters import AdapterSpec
-        from codec.rpft import AdaptConfig
+        from codec.mgcf.adapters import AdapterSpec
+        from codec.mgcf.rpft import AdaptConfig
 
         return AdaptConfig(
             steps=self.steps,
@@ -88,9 +90,15 @@ class LosslessSettings(Settings):
         )
 
 
+# Models open in this process, by (resolved file, device): encoders of the same model share one
+# load (the bench opens one encoder per variant). Weak: a model no encoder holds is freed.
+_OPEN_MODELS: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+
+
 class LosslessEncoder:
-    """``codec.registry.Encoder``: the model loaded once on ``device`` (and on the CPU for
-    verifying and decoding, only when first needed)."""
+    """``codec.registry.Encoder``: the model loaded once per process on ``device`` and shared by
+    every encoder of the same file (``_OPEN_MODELS``); on a GPU, verifying copies its exact path to
+    the CPU once (``codec.mgcf.coder.Model.on_cpu``)."""
 
     def __init__(self, settings: LosslessSettings, device: str, coder: str, lazy: bool = False) -> None:
         try:
@@ -109,8 +117,13 @@ class LosslessEncoder:
         gray or 16-bit, never loads it)."""
         if self._model is None:
             from codec import api
+            from codec.modelfiles import default_model_path
 
-            self._model = api.load_model(self.settings.model, device=self.device)
+            key = (str(Path(self.settings.model or default_model_path()).resolve()), self.device)
+            model = _OPEN_MODELS.get(key)
+            if model is None:
+                model = _OPEN_MODELS[key] = api.load_model(self.settings.model, device=self.device)
+            self._model = model
         return self._model
 
     def encode_many(self, rasters: list[Raster], *, verify: bool) -> list[tuple[bytes, EncodeReport]]:

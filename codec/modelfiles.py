@@ -11,7 +11,7 @@ default model, ``CCA`` the lossy rate points, lowest quality first.
 
 Why torch-free: the archive driver and the bench's driver pin a job's models by hash before any
 worker starts, and ``digest_of`` reads a file's bytes for that without parsing (loading) it; the
-codecs' own loaders (``codec.weights``, ``codec.lossy.weights``) parse and check the tensors.
+codecs' own loaders (``codec.mgcf.weights``, ``codec.cca.weights``) parse and check the tensors.
 """
 
 from __future__ import annotations

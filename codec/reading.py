@@ -25,7 +25,7 @@ def decode(data: bytes, *, model: Any = None, device: str = "cpu") -> Raster:
     """``.cllc`` bytes -> the original ``Raster`` (for a lossy file: the reconstruction it was
     made with), or a ``CallicError`` saying why not. ``model``: a loaded model of any codec, or a
     list or tuple of them, used where the file names it (by digest); other models are found by
-    hash (``codec.weights``)."""
+    hash (``codec.mgcf.weights``)."""
     header, container = read_header(data)
     shown = _shown_facts(container, header.mode)  # checked before the (costly) pixels are decoded
     coder = registered_coder(header.coder)

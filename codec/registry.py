@@ -213,10 +213,10 @@ def codec(name: str) -> Codec:
 
 # The coders and codecs of this package. Coder ids 1-4 are in files already: never reuse one.
 _RGB = ("RGB",)
-register_coder(Coder(1, "mgcf", ("RGB", "RGBA"), "codec.api:decode_mgcf", label="callic", model=True))
+register_coder(Coder(1, "mgcf", ("RGB", "RGBA"), "codec.mgcf.coder:decode_mgcf", label="callic", model=True))
 register_coder(Coder(2, "jxl-lossless", (), "codec.fallback:decode_jxl_file"))  # () = every mode
 register_coder(Coder(3, "zlib", (), "codec.fallback:decode_zlib_file"))
-register_coder(Coder(4, "cca", _RGB, "codec.lossy.api:decode_cca", model=True, lossy=True))
+register_coder(Coder(4, "cca", _RGB, "codec.cca.api:decode_cca", model=True, lossy=True))
 register_codec(CodecEntry("auto", "codec.lossless:AUTO", "the learned file or JPEG-XL's, whichever is smaller"))
 register_codec(CodecEntry("callic", "codec.lossless:LEARNED", "the learned coder for every 8-bit RGB(A) image"))
-register_codec(CodecEntry("cca", "codec.lossy.codec:CCA", "lossy CCA for 8-bit RGB, the rest as auto", lossy=True))
+register_codec(CodecEntry("cca", "codec.cca.codec:CCA", "lossy CCA for 8-bit RGB, the rest as auto", lossy=True))

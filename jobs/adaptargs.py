@@ -27,11 +27,11 @@ from codec.errors import CallicError
 from codec.lossless import LosslessSettings
 
 if TYPE_CHECKING:
-    from codec.rpft import AdaptConfig
+    from codec.mgcf.rpft import AdaptConfig
 
 
-ADAPT_ORDERS = ("rate", "random", "all")  # codec.rpft.ORDERS, without importing torch (a test keeps them equal)
-ADAPT_LAYERS = ("all", "last", "head")  # codec.rpft.LAYERS, without importing torch (a test keeps them equal)
+ADAPT_ORDERS = ("rate", "random", "all")  # codec.mgcf.rpft.ORDERS, without importing torch (a test keeps them equal)
+ADAPT_LAYERS = ("all", "last", "head")  # codec.mgcf.rpft.LAYERS, without importing torch (a test keeps them equal)
 ADAPT_LAYERS_HELP = (
     "what RPFT adapts: all (every block and the head, as the paper), last (the last block and the head; "
     "the frozen layers run once per patch, so a step costs about a third) or head"

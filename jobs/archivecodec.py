@@ -41,9 +41,9 @@ from PIL import Image, UnidentifiedImageError
 
 import codec
 from codec import fallback, registry, sourcecheck
+from codec.cca.codec import LossySettings
 from codec.errors import ImageReadError, UnsupportedError, VerificationError
 from codec.images import InexactReadError, read_image, write_image_bytes
-from codec.lossy.codec import LossySettings
 from codec.raster import Raster, hash_of_version
 from pipeline.items import Encoded, Resources
 

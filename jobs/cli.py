@@ -44,7 +44,9 @@ COMMANDS: dict[str, Command] = {
         "jobs.train:add_parser", "train a codec model (MGCF, or the lossy CCA model) on images (resumable)"
     ),
     "data": Command("jobs.datasets:add_parser", "download and prepare the training and evaluation image sets"),
-    "bench": Command("jobs.bench:add_parser", "lossless benchmark: callic vs JPEG XL, WebP, JPEG 2000, JPEG-LS, PNG"),
+    "bench": Command(
+        "jobs.bench.command:add_parser", "lossless benchmark: callic vs JPEG XL, WebP, JPEG 2000, JPEG-LS, PNG"
+    ),
     "archive": Command(
         "jobs.archive:add_parsers",
         "compress every image under SRC into a job folder under DST, with a manifest",

@@ -402,7 +402,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def _model_file(path: str, lossy: bool):
     """``decode --model``: the file as the model of a lossy or a lossless file, on the CPU."""
     if lossy:
-        from codec.lossy.api import load_lossy_model
+        from codec.cca.api import load_lossy_model
 
         return load_lossy_model(path, None, "cpu")
     import codec

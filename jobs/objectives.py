@@ -16,16 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from codec.config import MGCFConfig
+from codec.cca.config import CCAConfig
+from codec.cca.loss import CCATrainee, rd_loss
+from codec.cca.weights import parse_model as parse_cca_file
+from codec.cca.weights import save_model as save_cca_model
 from codec.errors import CallicError
-from codec.lossy.config import CCAConfig
-from codec.lossy.loss import CCATrainee, rd_loss
-from codec.lossy.weights import parse_model as parse_cca_file
-from codec.lossy.weights import save_model as save_cca_model
-from codec.mgcf import MGCF
-from codec.mixture import nll_bits
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.mixture import nll_bits
+from codec.mgcf.model import MGCF
+from codec.mgcf.weights import parse_model, save_model
 from codec.modelfiles import read_model_bytes
-from codec.weights import parse_model, save_model
 from jobs.trainsets import metric_name, sums_by_group
 from pipeline.storage import read_url
 
@@ -87,7 +87,7 @@ class MGCFObjective:
 
 
 class CCAObjective:
-    """The lossy codec: 0.05 * 255**2 * MSE + lmbda * bpp + the CCA term (``codec.lossy.loss``),
+    """The lossy codec: 0.05 * 255**2 * MSE + lmbda * bpp + the CCA term (``codec.cca.loss``),
     on crops of ``--crop`` pixels (256 in the paper). Rates are estimates from likelihoods."""
 
     train_metrics = ("loss", "bpp", "y_bpp", "aux_bpp", "psnr")

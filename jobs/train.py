@@ -10,7 +10,7 @@ default: no Ray start-up, what a laptop or one CPU box wants) or on each worker 
 ``TorchTrainer`` (``--workers N``, one per GPU or CPU slot, DistributedDataParallel over them).
 
 Choices the papers leave open:
-- MGCF's loss: the mixture's bits per subpixel (``codec.mixture.nll_bits``), mean over the batch.
+- MGCF's loss: the mixture's bits per subpixel (``codec.mgcf.mixture.nll_bits``), mean over the batch.
 - Both: Adam, gradient norm clipped at 1; learning rate warmed up linearly for ``warmup`` steps,
   then a cosine down to 1% at ``steps`` (the CCA paper steps 1e-4 -> 1e-5 instead; a cosine
   serves short CPU runs better and keeps one schedule).
@@ -458,7 +458,7 @@ def add_parser(sub) -> None:
         "--cca-loss",
         choices=["two-player", "literal", "off"],
         default=TrainConfig.cca_loss,
-        help="cca: the CCA term's reading (see codec/lossy/loss.py), or off",
+        help="cca: the CCA term's reading (see codec/cca/loss.py), or off",
     )
     p.add_argument("--cca-weight", type=float, default=TrainConfig.cca_weight)
     p.add_argument("--crop", type=int, default=TrainConfig.crop, help="cca: crop side in pixels (multiple of 64)")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import codec
-from codec.config import MGCFConfig
-from codec.mgcf import MGCF
-from codec.weights import save_model
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.model import MGCF
+from codec.mgcf.weights import save_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "samples"
 # The torch the suite must run against (README Quick start); CALLIC_TEST_ANY_TORCH=1 runs it anyway.
@@ -103,9 +103,9 @@ def tiny_model_path(model_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lossy_model_path(model_dir) -> Path:
     """A random tiny CCA model (the lossy codec), installed where decoders look for it."""
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.model import CCAModel
-    from codec.lossy.weights import save_model as save_lossy
+    from codec.cca.config import CCAConfig
+    from codec.cca.model import CCAModel
+    from codec.cca.weights import save_model as save_lossy
 
     torch.manual_seed(0)
     return save_lossy(CCAModel(CCAConfig.tiny()).eval(), 1.0, model_dir)

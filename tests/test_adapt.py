@@ -10,12 +10,12 @@ import torch
 
 import codec
 import codec.api
-from codec import adapters
-from codec.adapters import AdapterSet, AdapterSpec, decode_section, encode_section, factors, merge
-from codec.api import with_adapters
-from codec.config import MGCFConfig
 from codec.errors import CorruptFileError, UnsupportedError
-from codec.rpft import AdaptConfig, fraction
+from codec.mgcf import adapters
+from codec.mgcf.adapters import AdapterSet, AdapterSpec, decode_section, encode_section, factors, merge
+from codec.mgcf.coder import with_adapters
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.rpft import AdaptConfig, fraction
 from tests.conftest import assert_same_pixels
 
 ADAPT = AdaptConfig(steps=8, lr=1e-2, min_pixels=0)  # small crops: adapted all the same
@@ -164,7 +164,7 @@ def test_fraction_schedule():
 
 
 def test_rate_order_trains_on_the_costliest_patches_first(tiny_model, monkeypatch):
-    from codec import rpft
+    from codec.mgcf import rpft
 
     seen = []
     real_run = rpft._run
@@ -209,7 +209,7 @@ def test_ablation_orders_round_trip(image, tiny_model, order):
 
 
 def test_one_update_for_the_batch_equals_the_same_update_per_sample(tiny_model):
-    from codec import rpft
+    from codec.mgcf import rpft
 
     net = tiny_model.float_model("cpu")
     ad = rpft.ImageAdapters(net, AdapterSpec(), 1)
@@ -225,7 +225,7 @@ def test_one_update_for_the_batch_equals_the_same_update_per_sample(tiny_model):
 
 
 def test_cpu_passes_hold_one_image_each():
-    from codec.rpft import _chunks
+    from codec.mgcf.rpft import _chunks
 
     image = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     which = torch.tensor([2, 0, 1, 4, 3, 5, 6, 7, 8])
@@ -238,7 +238,7 @@ def test_frozen_layers_keep_zero_deltas_and_round_trip(image, tiny_model):
     """Adapting the head only (``AdaptConfig.layers``; the tiny model has one block, so ``last``
     is ``all``): the frozen layers' deltas stay zero, the head's move, and the file decodes
     exactly."""
-    from codec import rpft
+    from codec.mgcf import rpft
 
     depth = tiny_model.exact.cfg.depth
     assert AdaptConfig(layers="last").first_block(depth) == depth - 1 == AdaptConfig().first_block(depth)
@@ -257,7 +257,7 @@ def test_frozen_layers_keep_zero_deltas_and_round_trip(image, tiny_model):
 def test_kept_trunk_features_give_what_recomputing_them_gives(image, tiny_model, monkeypatch):
     """The frozen layers' outputs are kept per patch within a budget; without any budget they are
     recomputed every pass: the same adapters either way (up to float rounding of the batching)."""
-    from codec import rpft
+    from codec.mgcf import rpft
 
     cfg = dataclasses.replace(ADAPT, layers="head", max_patches=3)
     net = tiny_model.float_model("cpu")
@@ -279,7 +279,7 @@ def test_steps_become_a_budget_with_early_stopping(image, tiny_model):
     """``stop_below``: fine-tuning ends once the estimated gain stops growing by that share of the
     image's bits over ``STOP_PATIENCE`` steps; 0 runs every step. The stopped adapters still make
     a file that decodes exactly, and the report counts the steps that ran."""
-    from codec import rpft
+    from codec.mgcf import rpft
 
     net = tiny_model.float_model("cpu")
     budget = dataclasses.replace(ADAPT, steps=12)

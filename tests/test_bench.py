@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 import codec
-from jobs import bench, cli
+from jobs import cli
+from jobs.bench import anchors, measure, runners
+from jobs.bench import codecs as bench_codecs
 from tests.conftest import SAMPLES
 
 ANCHORS = "jxl-e7,png"  # the fast ones, for the tests that are not about codec coverage
@@ -42,7 +44,7 @@ def test_all_codecs_verified_and_reported(images, tmp_path, tiny_model_path, tin
     assert _bench(str(images), "--out", str(out), "--model", str(tiny_model_path), "--steps", "0") == 0
     rows = _rows(out)
     assert [(r["image"], r["codec"]) for r in rows] == [
-        (image, c) for image in ("a-kodim.png", "sub/b-chelsea.png") for c in bench.CODEC_NAMES
+        (image, c) for image in ("a-kodim.png", "sub/b-chelsea.png") for c in bench_codecs.CODEC_NAMES
     ]
     for r in rows:
         assert r["verified"] and r["error"] is None, r
@@ -55,7 +57,7 @@ def test_all_codecs_verified_and_reported(images, tmp_path, tiny_model_path, tin
     # The whole .cllc file of the learned coder (bench never swaps JPEG-XL's in).
     assert rows[0]["bytes"] == len(codec.encode(first, model=tiny_model, adapt=None, coder="learned"))
     report = (out / "report.md").read_text()
-    for name in bench.CODEC_NAMES:
+    for name in bench_codecs.CODEC_NAMES:
         assert f"| {name} |" in report
     assert "ratio to jxl-e9" in report and "| jxl-e9 | " in report
     assert tiny_model_path.name[5:21] in report  # the model's hash is in the environment line
@@ -91,10 +93,10 @@ def test_failed_round_trip_is_recorded(images, tmp_path, monkeypatch):
 
 def test_mismatch_checks_values_dtype_and_shape():
     a = np.zeros((2, 3, 3), np.uint8)
-    assert bench.mismatch(a, a.copy()) is None
-    assert "dtype" in bench.mismatch(a, a.astype(np.uint16))
-    assert "shape" in bench.mismatch(a, a.reshape(3, 2, 3))
-    assert "not an array" in bench.mismatch(a, a.tobytes())
+    assert measure.mismatch(a, a.copy()) is None
+    assert "dtype" in measure.mismatch(a, a.astype(np.uint16))
+    assert "shape" in measure.mismatch(a, a.reshape(3, 2, 3))
+    assert "not an array" in measure.mismatch(a, a.tobytes())
 
 
 def test_bad_files_give_error_rows(images, tmp_path):
@@ -222,7 +224,7 @@ class _KillingBench:
         import os
         import signal
 
-        (png,) = bench.build_codecs(["png"], None, "cpu", 1)[0]
+        (png,) = bench_codecs.build_codecs(["png"], None, "cpu", 1)[0]
         poison = self.poison
 
         def encode(pixels):
@@ -230,7 +232,7 @@ class _KillingBench:
                 os.kill(os.getpid(), signal.SIGKILL)
             return png.encode(pixels)
 
-        return [bench.Codec(png.name, encode, png.decode)]
+        return [anchors.Codec(png.name, encode, png.decode)]
 
 
 def test_bench_on_ray_records_an_image_that_kills_its_worker_and_goes_on(images, tmp_path):
@@ -239,7 +241,7 @@ def test_bench_on_ray_records_an_image_that_kills_its_worker_and_goes_on(images,
     import fsspec
     import ray
 
-    from jobs.rowlog import RowLog
+    from jobs.bench.rowlog import RowLog
 
     paths = sorted(str(p) for p in images.rglob("*.png"))
     names = [p.rsplit("/", 1)[-1] for p in paths]
@@ -248,7 +250,7 @@ def test_bench_on_ray_records_an_image_that_kills_its_worker_and_goes_on(images,
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         log = RowLog(tmp_path / "out", {}, resume=False)
-        rows = bench.run_on_ray(
+        rows = runners.run_on_ray(
             fsspec.filesystem("file"), paths, names, _KillingBench(poison), ["png"], 1, log, workers=1
         )
     finally:
@@ -256,6 +258,6 @@ def test_bench_on_ray_records_an_image_that_kills_its_worker_and_goes_on(images,
     by_image = {r["image"]: r for r in rows}
     assert sorted(by_image) == sorted(names) and len(rows) == 2
     killer, other = by_image["a-kodim.png"], by_image["b-chelsea.png"]
-    assert killer["error"].startswith(f"gave up after {bench.RAY_ATTEMPTS} attempts: worker lost"), killer
+    assert killer["error"].startswith(f"gave up after {runners.RAY_ATTEMPTS} attempts: worker lost"), killer
     assert not killer["verified"] and killer["bytes"] is None
     assert other["verified"] and other["error"] is None and other["bytes"] > 0

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.bdrate import bd_rate
+from jobs.bench.bdrate import bd_rate
+from jobs.bench.quality import ms_ssim, psnr
 from jobs.cli import main
-from jobs.quality import ms_ssim, psnr
 
 
 def test_bd_rate_of_a_curve_shifted_by_a_constant_factor():
@@ -32,9 +32,9 @@ def test_quality_measures():
 
 
 def test_lossy_bench_measures_every_codec_from_real_bytes(tmp_path, model_dir):
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.model import CCAModel
-    from codec.lossy.weights import save_model
+    from codec.cca.config import CCAConfig
+    from codec.cca.model import CCAModel
+    from codec.cca.weights import save_model
 
     files = []
     for seed in range(4):

@@ -1,4 +1,4 @@
-"""Backward-adaptive calibration (``codec.calibration``, scheme 1): bit-exact round trips, the
+"""Backward-adaptive calibration (``codec.mgcf.calibration``, scheme 1): bit-exact round trips, the
 encoder's tables equal the decoder's, files that lie about their calibration are refused, and the
 integer statistics cannot overflow."""
 
@@ -11,9 +11,13 @@ import pytest
 import torch
 
 import codec
-import codec.learned
-from codec import calibration
-from codec.calibration import (
+import codec.mgcf.learned
+from codec.container import Container, parse
+from codec.defaults import CALIBRATION_SCHEMES, MAX_PATCHES_PER_STREAM
+from codec.errors import CallicError, CorruptFileError, UnsupportedError
+from codec.header import CALIBRATION_SECTION, KNOWN_CALIBRATION_SCHEMES, KNOWN_CRITICAL
+from codec.mgcf import calibration
+from codec.mgcf.calibration import (
     BETA_FRAC,
     BETA_LIMIT,
     NUM_FEATURES,
@@ -21,10 +25,6 @@ from codec.calibration import (
     Y_LIMIT,
     solve_ridge,
 )
-from codec.container import Container, parse
-from codec.defaults import CALIBRATION_SCHEMES
-from codec.errors import CallicError, CorruptFileError, UnsupportedError
-from codec.header import CALIBRATION_SECTION, KNOWN_CALIBRATION_SCHEMES, KNOWN_CRITICAL
 from tests.conftest import assert_same_pixels
 
 
@@ -66,14 +66,14 @@ def test_the_encoder_builds_the_decoders_tables(tiny_model, samples, monkeypatch
     px = _photo(samples, 17, 23)
     seen: list[list[torch.Tensor]] = [[], []]
     side = [0]
-    real = codec.learned.frequency_tables
+    real = codec.mgcf.learned.frequency_tables
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
         seen[side[0]].append(out.clone())
         return out
 
-    monkeypatch.setattr(codec.learned, "frequency_tables", recording)
+    monkeypatch.setattr(codec.mgcf.learned, "frequency_tables", recording)
     data = codec.encode(px, model=tiny_model, coder="learned", adapt=None, patches_per_stream=2, calibration=1)
     side[0] = 1
     assert_same_pixels(codec.decode(data, model=tiny_model).pixels, px)
@@ -84,7 +84,7 @@ def test_the_encoder_builds_the_decoders_tables(tiny_model, samples, monkeypatch
 def test_calibration_changes_the_tables(tiny_model, samples, monkeypatch):
     px = _photo(samples, 17, 23)
     runs: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    real = codec.learned.frequency_tables
+    real = codec.mgcf.learned.frequency_tables
     for scheme in (0, 1):
 
         def recording(*args, scheme=scheme, **kwargs):
@@ -92,7 +92,7 @@ def test_calibration_changes_the_tables(tiny_model, samples, monkeypatch):
             runs[scheme].append(out.clone())
             return out
 
-        monkeypatch.setattr(codec.learned, "frequency_tables", recording)
+        monkeypatch.setattr(codec.mgcf.learned, "frequency_tables", recording)
         codec.encode(px, model=tiny_model, coder="learned", adapt=None, calibration=scheme)
     assert len(runs[0]) == len(runs[1])
     # The first step has no statistics yet (same tables); later steps are corrected.
@@ -182,7 +182,7 @@ def test_calibrated_rgba_and_adapted_files_round_trip(tiny_model, samples):
     data = codec.encode(rgba, model=tiny_model, coder="learned", adapt=None)
     assert codec.info(data)["calibration"] == 1
     assert_same_pixels(codec.decode(data, model=tiny_model).pixels, rgba)
-    from codec.rpft import AdaptConfig
+    from codec.mgcf.rpft import AdaptConfig
 
     data = codec.encode(px, model=tiny_model, coder="learned", adapt=AdaptConfig(steps=2, min_pixels=0))
     info = codec.info(data)
@@ -215,7 +215,7 @@ def test_the_integer_ridge_solver_matches_a_float_solve():
 def test_the_solver_cannot_overflow_at_the_largest_statistics():
     """Statistics at the bounds the module doc gives for the largest segment a header can
     describe (4096 patches of 256 x 256: 2**28 subpixels of one channel, |y| <= 2**13)."""
-    most = (codec.api.MAX_PATCHES_PER_STREAM * 256 * 256) * Y_LIMIT * Y_LIMIT
+    most = (MAX_PATCHES_PER_STREAM * 256 * 256) * Y_LIMIT * Y_LIMIT
     assert most < 2**55
     n = NUM_FEATURES
     worst = torch.full((3, n, n), most, dtype=torch.int64)  # every feature the same, at its clamp
@@ -239,7 +239,7 @@ def test_the_solver_cannot_overflow_at_the_largest_statistics():
 def test_the_statistics_stay_exact_on_the_largest_segment():
     """Per-step Gram sums are computed in float64: exact while below 2**53. One step of the
     largest segment holds at most 4096 patches x 128 positions (P = 256) of subpixels."""
-    per_step = codec.api.MAX_PATCHES_PER_STREAM * 128 * (Y_LIMIT * Y_LIMIT) * 2
+    per_step = MAX_PATCHES_PER_STREAM * 128 * (Y_LIMIT * Y_LIMIT) * 2
     assert per_step < 2**53
 
 
@@ -248,10 +248,10 @@ def test_each_segment_decodes_alone_whatever_the_batching(tiny_model, samples):
     (one at a time, or three) gets the same pixels."""
     px = _photo(samples, 30, 35)  # 4 x 5 patches of 8: 20 patches, 7 segments of 3
     net = tiny_model.exact
-    streams = codec.learned.encode_rgb(px, net, 3, calibration=1)
-    assert codec.learned.encode_rgb(px, net, 3, max_patches=1, calibration=1) == streams
+    streams = codec.mgcf.learned.encode_rgb(px, net, 3, calibration=1)
+    assert codec.mgcf.learned.encode_rgb(px, net, 3, max_patches=1, calibration=1) == streams
     for max_patches in (1, 3, 9, None):
-        out = codec.learned.decode_rgb(streams, 30, 35, net, 3, max_patches=max_patches, calibration=1)
+        out = codec.mgcf.learned.decode_rgb(streams, 30, 35, net, 3, max_patches=max_patches, calibration=1)
         assert_same_pixels(out, px)
 
 

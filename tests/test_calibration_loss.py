@@ -1,4 +1,4 @@
-"""``codec.calibration_loss``: the float stand-in of calibration that RPFT trains through. Its
+"""``codec.mgcf.calibration_loss``: the float stand-in of calibration that RPFT trains through. Its
 corrections follow scheme 1's geometry, lower the estimated bits of a poorly calibrated model,
 and pass gradients to the model's parameters, also through the corrections themselves."""
 
@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from codec import calibration, calibration_loss
-from codec.learned import patchify, real_masks
-from codec.mixture import nll_bits
+from codec.mgcf import calibration, calibration_loss
+from codec.mgcf.coder import with_adapters
+from codec.mgcf.learned import patchify, real_masks
+from codec.mgcf.mixture import nll_bits
 
 
 def test_the_neighbours_are_the_coders():
@@ -74,7 +75,7 @@ def test_rpft_can_train_through_the_corrections(tiny_model, samples):
     """``rpft.adapt(calibration=1)``: its estimates are the corrected bits (lower than the plain
     ones for a random model), and its adapters still encode into a file that decodes exactly."""
     import codec
-    from codec import rpft
+    from codec.mgcf import rpft
     from tests.conftest import assert_same_pixels
 
     px = np.ascontiguousarray(samples["kodim23-crop"][:40, :44])
@@ -83,6 +84,6 @@ def test_rpft_can_train_through_the_corrections(tiny_model, samples):
     [plain] = rpft.adapt(net, [px], cfg)
     [aware] = rpft.adapt(net, [px], cfg, calibration=1)
     assert aware.base_bits < plain.base_bits
-    merged = codec.api.with_adapters(tiny_model.exact, aware.adapters)
-    streams = codec.learned.encode_rgb(px, merged, 64, calibration=1)
-    assert_same_pixels(codec.learned.decode_rgb(streams, 40, 44, merged, 64, calibration=1), px)
+    merged = with_adapters(tiny_model.exact, aware.adapters)
+    streams = codec.mgcf.learned.encode_rgb(px, merged, 64, calibration=1)
+    assert_same_pixels(codec.mgcf.learned.decode_rgb(streams, 40, 44, merged, 64, calibration=1), px)

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 import codec
+from codec.cca import coding
+from codec.cca.api import encode_lossy, load_lossy_model
+from codec.cca.bitstream import decode_group, encode_group
+from codec.cca.config import CCAConfig
+from codec.cca.model import CCAModel
+from codec.cca.tables import gaussian_tables
+from codec.cca.weights import save_model
 from codec.container import HEAD, Container, parse
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, ModelNotFoundError, UnsupportedError, VerificationError
-from codec.lossy import coding
-from codec.lossy.api import encode_lossy, load_lossy_model
-from codec.lossy.bitstream import decode_group, encode_group
-from codec.lossy.config import CCAConfig
-from codec.lossy.model import CCAModel
-from codec.lossy.tables import gaussian_tables
-from codec.lossy.weights import save_model
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
     data = encode_lossy(photo(64, 64), model=lossy)
     monkeypatch.setenv("CALLIC_MODEL_PATH", str(tmp_path))
     monkeypatch.setattr("codec.modelfiles.model_dirs", lambda: [tmp_path])
-    from codec.lossy.api import lossy_model_by_hash
+    from codec.cca.api import lossy_model_by_hash
 
     lossy_model_by_hash.cache_clear()
     with pytest.raises(ModelNotFoundError):
@@ -137,7 +137,7 @@ def test_unknown_model_and_unsupported_images(lossy, tmp_path, monkeypatch):
 
 
 def test_shipped_rate_points_load_by_quality():
-    from codec.lossy.weights import file_name
+    from codec.cca.weights import file_name
     from codec.modelfiles import PACKAGE_MODELS, quality_levels
 
     levels = quality_levels()

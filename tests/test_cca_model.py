@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codec.lossy.config import CCAConfig, power_slices
-from codec.lossy.loss import CCATrainee, aux_bits, rd_loss
-from codec.lossy.model import CCAModel, parameter_count
+from codec.cca.config import CCAConfig, power_slices
+from codec.cca.loss import CCATrainee, aux_bits, rd_loss
+from codec.cca.model import CCAModel, parameter_count
 
 
 def test_power_schedule_gives_the_papers_slices():

@@ -72,17 +72,17 @@ def test_help_version_and_info_import_neither_torch_nor_ray(tmp_path):
 
 
 def test_codec_api_names_still_import_from_codec_api():
-    import codec.adapters
     import codec.api
     import codec.header
-    import codec.rpft
+    import codec.mgcf.adapters
+    import codec.mgcf.rpft
     from jobs.adaptargs import ADAPT_LAYERS, ADAPT_ORDERS
 
     assert codec.api.read_header is codec.header.read_header and codec.api.info is codec.info
     assert codec.api.Header is codec.header.Header and codec.api.KNOWN_CRITICAL == codec.header.KNOWN_CRITICAL
-    assert codec.adapters.SECTION == codec.header.ADAPTERS_SECTION
-    assert tuple(codec.rpft.ORDERS) == ADAPT_ORDERS
-    assert tuple(codec.rpft.LAYERS) == ADAPT_LAYERS
+    assert codec.mgcf.adapters.SECTION == codec.header.ADAPTERS_SECTION
+    assert tuple(codec.mgcf.rpft.ORDERS) == ADAPT_ORDERS
+    assert tuple(codec.mgcf.rpft.LAYERS) == ADAPT_LAYERS
 
 
 def test_version(capsys):
@@ -256,7 +256,7 @@ def test_lossy_files_are_in_bits_per_pixel_with_psnr(tmp_path, tiny_lossy_model_
 
 
 def test_lossy_bench_settings_are_the_cli_quality_numbers(tiny_lossy_model_path):
-    from jobs.benchlossy import cca_codec
+    from jobs.bench.lossy import cca_codec
 
     ours, _ = cca_codec([str(tiny_lossy_model_path)] * 3, "cpu")
     assert ours.settings == [1, 2, 3]  # --quality 1..N, not 0..N-1

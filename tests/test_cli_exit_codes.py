@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec.api import KNOWN_CRITICAL, Header
 from codec.container import HEAD, SIGNATURE, Container, parse
+from codec.header import KNOWN_CRITICAL, Header
 from codec.images import read_image
 from jobs.cli import main
 from tests.conftest import assert_same_pixels

@@ -104,6 +104,25 @@ def toy_ray():
         os.environ["CALLIC_CODECS"] = before
 
 
+def test_encoders_of_one_model_share_one_load(tiny_model_path, monkeypatch):
+    """The bench opens one encoder per variant (T, order, calibration): the model loads once."""
+    from codec import api
+
+    loads = []
+    real = api.load_model
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    callic = registry.codec("callic")
+    pick = callic.settings_type.pick
+    first = callic.open(pick({"model": str(tiny_model_path), "steps": 0}), "cpu")
+    second = callic.open(pick({"model": str(tiny_model_path), "steps": 10, "calibration": 0}), "cpu")
+    assert first.model is second.model and len(loads) == 1
+    img = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    for encoder in (first, second):
+        [(data, _)] = encoder.encode_many([Raster.from_array(img)], verify=False)
+        back = codec.decode(data).pixels
+        assert back.dtype == img.dtype and back.shape == img.shape and np.array_equal(back, img)
+
+
 def test_the_toy_codec_archives_restores_and_benches_through_the_pipeline(toy_ray, tmp_path, tiny_model_path, capsys):
     src, dst, out = tmp_path / "src", tmp_path / "dst", tmp_path / "out"
     images = _images()

@@ -16,9 +16,9 @@ from PIL import Image
 import codec
 import codec.api
 import codec.fileformat
-from codec.api import HEAD, KNOWN_CRITICAL, read_header
-from codec.container import FORMAT_VERSION, SIGNATURE, parse
+from codec.container import FORMAT_VERSION, HEAD, SIGNATURE, parse
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
+from codec.header import KNOWN_CRITICAL, read_header
 from codec.raster import Raster, pixel_hash
 from jobs.archivecodec import ArchiveCodec, CodecSettings
 from jobs.cli import main
@@ -247,7 +247,7 @@ def test_restore_of_a_v1_row_checks_the_v1_hash_and_the_recorded_mode(archive_co
 
 
 def test_lossy_encoder_refuses_an_image_over_the_decode_limit(tiny_lossy_model_path, monkeypatch):
-    from codec.lossy.api import encode_lossy, load_lossy_model
+    from codec.cca.api import encode_lossy, load_lossy_model
 
     model = load_lossy_model(str(tiny_lossy_model_path))
     monkeypatch.setattr(codec.fileformat, "MAX_PIXEL_BYTES", 100)  # check_encodable lives there

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from codec.config import MGCFConfig
 from codec.entropy import Decoder, Encoder
-from codec.exact import ExactMGCF
 from codec.fixedpoint import ACT_FRAC, build_luts, isqrt, layer_norm
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, log_prob
-from codec.quantize import exact_tensors
-from codec.tables import TABLE_TOTAL, frequency_tables
-from codec.wavefront import num_steps
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.exact import ExactMGCF
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, log_prob
+from codec.mgcf.quantize import exact_tensors
+from codec.mgcf.tables import TABLE_TOTAL, frequency_tables
+from codec.mgcf.wavefront import num_steps
 from tests.conftest import make_model
 
 LUTS = build_luts(LOG_SCALE_MIN, LOG_SCALE_MAX)

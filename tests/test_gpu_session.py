@@ -104,7 +104,7 @@ def test_training_log_checkpoint_and_model_come_back(session):
     state = torch.load(io.BytesIO((session / "train" / "checkpoint.pt").read_bytes()), weights_only=True)
     assert state["step"] == 12 and set(state) >= {"model", "optimizer", "config"}
     [model] = (session / "train" / "model").glob("mgcf-*.safetensors")
-    from codec.weights import load_model_file
+    from codec.mgcf.weights import load_model_file
 
     assert load_model_file(model).cfg.to_json() == state["config"]
     assert load(session / "summary.json")["training"]["end_step"] == 12
@@ -138,9 +138,9 @@ def test_cca_session_checks_lossy_files_and_brings_back_a_small_init(tmp_path):
     init = torch.load(io.BytesIO((out / "train" / "init-fp16.pt").read_bytes()), weights_only=True)
     assert "optimizer" not in init and init["step"] == 4
     assert all(v.dtype == torch.float16 for v in init["model"].values() if v.is_floating_point())
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.loss import CCATrainee
-    from codec.lossy.weights import load_model_file
+    from codec.cca.config import CCAConfig
+    from codec.cca.loss import CCATrainee
+    from codec.cca.weights import load_model_file
 
     CCATrainee(CCAConfig.from_json(init["config"])).load_state_dict(init["model"])  # what --init FILE.pt does
     [model] = (out / "train" / "model").glob("cca-*.safetensors")

@@ -21,18 +21,19 @@ import pytest
 import torch
 
 import codec
-from codec import learned
-from codec.api import read_header
-from codec.config import MGCFConfig
+from codec import defaults
 from codec.container import Container
 from codec.defaults import patches_per_stream
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
-from codec.exact import ExactMGCF, StepDecoder
 from codec.fixedpoint import build_luts
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
-from codec.quantize import exact_tensors
-from codec.wavefront import num_steps
+from codec.header import read_header
+from codec.mgcf import learned
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.exact import ExactMGCF, StepDecoder
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+from codec.mgcf.quantize import exact_tensors
+from codec.mgcf.wavefront import num_steps
 from tests.conftest import assert_same_pixels, make_model
 from tests.hostile import craft
 
@@ -130,13 +131,13 @@ def test_segments_are_held_to_the_budget(tiny_model, monkeypatch):
     img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)  # 25 patches of 8 x 8
     data = codec.encode(img, model=tiny_model, adapt=None, coder="learned", patches_per_stream=25)
     per_patch = tiny_model.exact.cache_bytes_per_patch()
-    monkeypatch.setattr(learned, "DECODER_BATCH_BYTES", 24 * per_patch)
+    monkeypatch.setattr(defaults, "DECODER_BATCH_BYTES", 24 * per_patch)
     with pytest.raises(UnsupportedError, match="CALLIC_DECODER_MEMORY"):
         codec.decode(data)
     with pytest.raises(UnsupportedError, match="fewer patches per stream"):
         codec.encode(img, model=tiny_model, adapt=None, coder="learned", patches_per_stream=25)
     sizes = []
-    monkeypatch.setattr(learned, "DECODER_BATCH_BYTES", 25 * per_patch)
+    monkeypatch.setattr(defaults, "DECODER_BATCH_BYTES", 25 * per_patch)
     real_step_decoder = ExactMGCF.step_decoder
     monkeypatch.setattr(ExactMGCF, "step_decoder", lambda self, n: sizes.append(n) or real_step_decoder(self, n))
     assert_same_pixels(codec.decode(data).pixels, img)
@@ -152,8 +153,8 @@ def test_the_encoder_writes_no_file_the_default_decoder_refuses():
     img = np.zeros((1024, 1024, 3), np.uint8)  # 256 patches of 64 x 64
     with pytest.raises(UnsupportedError, match="fewer patches per stream"):
         codec.encode(img, model=shipped, patches_per_stream=256, adapt=None, coder="learned")
-    fits = learned.DEFAULT_DECODER_MEMORY // shipped.exact.cache_bytes_per_patch()
-    learned.check_segment_memory(1024, 1024, shipped.exact, fits, learned.DEFAULT_DECODER_MEMORY)
+    fits = defaults.DEFAULT_DECODER_MEMORY // shipped.exact.cache_bytes_per_patch()
+    learned.check_segment_memory(1024, 1024, shipped.exact, fits, defaults.DEFAULT_DECODER_MEMORY)
     assert fits >= patches_per_stream(shipped.exact.cfg.patch)  # bigger patches: tests/test_patch_size.py
 
 

@@ -251,7 +251,7 @@ def test_lossy_and_lossless_sizes_in_their_own_units(tmp_path, capsys):
 def test_lossy_rows_get_bits_per_pixel_and_psnr(tiny_model_path, tiny_lossy_model_path):
     from codec.api import decode
     from jobs.archivecodec import ArchiveCodec, CodecSettings
-    from jobs.quality import psnr
+    from jobs.bench.quality import psnr
     from pipeline.items import Resources
 
     settings = CodecSettings(codec="cca", model=str(tiny_model_path), lossy_model=str(tiny_lossy_model_path))

@@ -102,6 +102,32 @@ def test_layers_import_only_downwards():
     assert wrong == []
 
 
+# Inside ``codec``: each coder's folder (``codec.mgcf``, ``codec.cca``) stands on the shared core at
+# the root and never on its sibling; of the root, only the lossless policy (learned or classical)
+# reaches into a coder's folder. A third codec is one more folder beside them.
+CODER_FOLDERS = ("codec.mgcf", "codec.cca")
+POLICY = ("codec.api", "codec.lossless")
+
+
+def _folder(module: str) -> str | None:
+    return next((f for f in CODER_FOLDERS if module == f or module.startswith(f + ".")), None)
+
+
+def test_coder_folders_stand_on_the_core_not_on_each_other():
+    wrong = []
+    for name, targets in _graph().items():
+        if not name.startswith("codec"):
+            continue
+        own = _folder(name)
+        for target in targets:
+            folder = _folder(target)
+            if folder is None or folder == own:
+                continue
+            if own is not None or name not in POLICY:
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
 def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

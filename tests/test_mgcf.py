@@ -2,13 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codec.config import MGCFConfig
-from codec.exact import ExactMGCF
 from codec.fixedpoint import build_luts
-from codec.mgcf import MGCF, _MaskedDepthwise, count_parameters, visible_rows
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, nll_bits
-from codec.quantize import exact_tensors
-from codec.wavefront import group_map, kernel_mask
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.exact import ExactMGCF
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, nll_bits
+from codec.mgcf.model import MGCF, _MaskedDepthwise, count_parameters, visible_rows
+from codec.mgcf.quantize import exact_tensors
+from codec.mgcf.wavefront import group_map, kernel_mask
 from tests.conftest import make_model
 
 
@@ -68,7 +68,7 @@ def test_cropped_depthwise_is_the_masked_convolution(kernel, bands, monkeypatch)
     kernel: torch's gradcheck (float64 finite differences), then output and gradients compared;
     also with the weight gradient cut into bands of 2 rows (7 rows: the last band has one)."""
     if bands:
-        monkeypatch.setattr("codec.mgcf._BAND_POSITIONS", 10)  # 10 // width 5 = 2 rows per band
+        monkeypatch.setattr("codec.mgcf.model._BAND_POSITIONS", 10)  # 10 // width 5 = 2 rows per band
     mask = kernel_mask(kernel, strict=False).double()
     rows = visible_rows(kernel, strict=False)
     assert rows < kernel and mask[rows - 1].any() and not mask[rows:].any()
@@ -117,7 +117,7 @@ def test_training_step_keeps_the_function(monkeypatch):
     for with_delta in (False, True):
         monkeypatch.setattr(_MaskedDepthwise, "apply", lambda *a: calls.append(1) or fast(*a))
         ours = step(with_delta)
-        monkeypatch.setattr("codec.mgcf.masked_depthwise", plain_depthwise)
+        monkeypatch.setattr("codec.mgcf.model.masked_depthwise", plain_depthwise)
         plain = step(with_delta)
         monkeypatch.undo()
         assert _relative(ours[0], plain[0]) < 1e-4 and _relative(ours[1], plain[1]) < 1e-4

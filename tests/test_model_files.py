@@ -17,9 +17,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 import codec
-from codec.config import MGCFConfig
 from codec.errors import CorruptFileError, ModelNotFoundError
-from codec.weights import exact_model_by_hash, file_name, find_model, load_model_file, serialize
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.weights import exact_model_by_hash, file_name, find_model, load_model_file, serialize
 from jobs.cli import main
 from tests.conftest import SAMPLES, assert_same_pixels, make_model
 
@@ -118,7 +118,7 @@ def test_a_decoy_with_the_right_name_is_skipped(tmp_path, monkeypatch, caplog):
     img = np.ascontiguousarray(np.asarray(Image.open(SAMPLES / "coffee-crop.png").convert("RGB"))[:9, :11])
     blob = codec.encode(img, model=codec.load_model(str(real_dir / file_name(digest))), coder="learned")
     exact_model_by_hash.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="codec.weights"):
+    with caplog.at_level(logging.WARNING, logger="codec.mgcf.weights"):
         assert find_model(digest) == real_dir / file_name(digest)
         assert_same_pixels(codec.decode(blob).pixels, img)
     assert str(decoy_dir) in caplog.text
@@ -130,7 +130,7 @@ def test_a_decoy_with_the_right_name_is_skipped(tmp_path, monkeypatch, caplog):
 
 
 def test_lossy_model_files_are_checked(tiny_lossy_model_path, tmp_path):
-    from codec.lossy.weights import load_model_file as load_lossy
+    from codec.cca.weights import load_model_file as load_lossy
 
     data = tiny_lossy_model_path.read_bytes()
     tensors, meta = st_load(data), _metadata(data)
@@ -155,7 +155,7 @@ def test_lossy_model_files_are_checked(tiny_lossy_model_path, tmp_path):
 def test_lossy_weights_outside_the_exact_bounds_are_a_damaged_file(tiny_lossy_model_path, tmp_path):
     """The integer decoder of a lossy model is derived on first use: weights whose products could
     leave the exact range must then be a CorruptFileError naming the file, not a bare ValueError."""
-    from codec.lossy.api import load_lossy_model
+    from codec.cca.api import load_lossy_model
 
     data = tiny_lossy_model_path.read_bytes()
     tensors, meta = st_load(data), _metadata(data)

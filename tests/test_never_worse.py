@@ -18,11 +18,13 @@ from PIL import Image
 
 import codec
 import codec.api
-from codec import fallback, registry, rpft
+from codec import fallback, registry
 from codec.defaults import DEFAULT_JXL_EFFORT, DEFAULT_STEPS, MIN_ADAPT_PIXELS
 from codec.errors import CallicError, UnsupportedError
+from codec.header import read_header
 from codec.images import read_image
-from codec.rpft import AdaptConfig
+from codec.mgcf import rpft
+from codec.mgcf.rpft import AdaptConfig
 from jobs.archivecodec import ArchiveCodec, CodecSettings
 from pipeline.items import Resources
 from tests.conftest import assert_same_pixels
@@ -112,7 +114,7 @@ def test_jxl_effort_is_used_and_checked(tiny_model):
     for effort in (1, 9):
         data = codec.encode(NOISE, model=tiny_model, jxl_effort=effort)
         jxl = imagecodecs.jpegxl_encode(NOISE, lossless=True, effort=effort)
-        assert codec.api.read_header(data)[1].require(b"DATA") == jxl
+        assert read_header(data)[1].require(b"DATA") == jxl
         assert_same_pixels(codec.decode(data).pixels, NOISE)
     for bad in (0, 11, 2.5, True):
         with pytest.raises(ValueError, match="effort"):
@@ -197,7 +199,7 @@ def test_cli_codec_callic_and_jxl_effort(tmp_path, tiny_model_path):
     assert codec.info((tmp_path / "l.cllc").read_bytes())["coder"] == "mgcf"
     assert main(["encode", str(src), str(tmp_path / "e1.cllc"), "--jxl-effort", "1", *model]) == 0
     data = (tmp_path / "e1.cllc").read_bytes()
-    assert codec.api.read_header(data)[1].require(b"DATA") == imagecodecs.jpegxl_encode(NOISE, lossless=True, effort=1)
+    assert read_header(data)[1].require(b"DATA") == imagecodecs.jpegxl_encode(NOISE, lossless=True, effort=1)
     assert main(["encode", str(src), str(tmp_path / "x.cllc"), "--jxl-effort", "11", *model]) == 64
 
 
@@ -278,7 +280,7 @@ def test_archive_flags_default_to_auto():
 def test_archive_takes_every_coding_flag_encode_has_and_its_workers_use_them(tiny_model_path):
     """Settings once (issue 18): ``archive`` and ``encode`` share their coding flags, one default
     each; the job spec records them all and a worker's encoder adapts exactly as asked."""
-    from codec.adapters import AdapterSpec
+    from codec.mgcf.adapters import AdapterSpec
     from jobs.adaptargs import coding_fields
     from jobs.archivecodec import open_encoder
     from jobs.cli import build_parser

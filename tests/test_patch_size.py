@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import codec
-from codec.config import MGCFConfig
 from codec.defaults import patches_per_stream
 from codec.errors import CallicError
-from codec.exact import ExactMGCF
 from codec.header import read_header
-from codec.mgcf import MGCF
-from codec.weights import load_model_file, save_model
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.exact import ExactMGCF
+from codec.mgcf.model import MGCF
+from codec.mgcf.weights import load_model_file, save_model
 from jobs.train import TrainConfig, train_loop
 
 from .conftest import SAMPLES, assert_same_pixels

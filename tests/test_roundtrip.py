@@ -76,7 +76,7 @@ def test_segmenting_does_not_change_pixels(samples, tiny_model, per_stream):
 
 
 def test_batching_changes_neither_bytes_nor_pixels(samples, tiny_model):
-    from codec import learned
+    from codec.mgcf import learned
 
     img = samples["kodim23-crop"][:50, :70]
     net = tiny_model.exact

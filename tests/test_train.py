@@ -14,7 +14,7 @@ import torch
 
 import codec
 from codec.images import read_image
-from codec.weights import load_model_file
+from codec.mgcf.weights import load_model_file
 from jobs.train import TrainConfig, train_loop
 from jobs.trainsets import step_crops
 
@@ -108,7 +108,7 @@ def test_ray_train_with_one_cpu_worker(tmp_path):
 
 
 def test_lossy_training_logs_both_rates_resumes_and_exports(tmp_path):
-    from codec.lossy.weights import load_model_file as load_cca
+    from codec.cca.weights import load_model_file as load_cca
 
     kw = {"codec": "cca", "config": "tiny", "crop": 64, "batch": 4, "lr": 2e-3, "val_tiles": 8, "lmbda": 1.0}
     train_loop(config(tmp_path, steps=40, val_every=20, **kw))

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.config import MGCFConfig
 from codec.errors import CallicError
-from codec.mgcf import MGCF
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.model import MGCF
 from jobs.objectives import MGCFObjective
 from jobs.train import TrainConfig, train_loop
 from jobs.trainsets import crop_mix, group_from_name, load_rgb_images, step_crops, validation_tiles

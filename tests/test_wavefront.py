@@ -1,6 +1,6 @@
 import torch
 
-from codec.wavefront import group_map, kernel_offsets, num_steps, step_positions
+from codec.mgcf.wavefront import group_map, kernel_offsets, num_steps, step_positions
 
 
 def test_steps_cover_every_position_once():

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import codec
-from codec.config import MGCFConfig
 from codec.errors import CorruptFileError, ModelNotFoundError
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.weights import find_model, load_model_file, parse_model, save_model
 from codec.modelfiles import default_model_path
-from codec.weights import find_model, load_model_file, parse_model, save_model
 from tests.conftest import assert_same_pixels, make_model
 
 
@@ -63,11 +63,11 @@ def test_shipped_default_model(samples):
 def test_the_same_weights_make_the_same_file():
     """Models are named by their hash: exporting the same weights twice must give the same bytes
     (safetensors alone orders its metadata differently from one call to the next)."""
-    from codec.lossy.config import CCAConfig
-    from codec.lossy.model import CCAModel
-    from codec.lossy.weights import parse_model
-    from codec.lossy.weights import serialize as serialize_lossy
-    from codec.weights import serialize
+    from codec.cca.config import CCAConfig
+    from codec.cca.model import CCAModel
+    from codec.cca.weights import parse_model
+    from codec.cca.weights import serialize as serialize_lossy
+    from codec.mgcf.weights import serialize
 
     mgcf = make_model(MGCFConfig.tiny(), seed=5)
     assert serialize(mgcf) == serialize(mgcf)

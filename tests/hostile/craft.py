@@ -19,8 +19,8 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 
-from codec.api import CODER_JXL, CODER_MGCF, Header
 from codec.container import HEAD, SIGNATURE, Container
+from codec.header import CODER_JXL, CODER_MGCF, Header
 
 HERE = Path(__file__).resolve().parent
 PATCH = 64  # the shipped model's patch size

@@ -32,7 +32,7 @@ ADPT section (critical: a decoder that does not know it refuses the file)::
 Deltas are coded tensor by tensor, in layout order, as symbols ``delta + 128`` under a zero-mean
 discretized logistic with scale ``2**(index - 4)`` steps (index 0..11), the index chosen per tensor by the
 encoder (whichever codes that tensor shortest). Its frequency table is built from the model's
-stored sigmoid table (``codec.tables.prior_table``), so it is exact on every machine.
+stored sigmoid table (``codec.mgcf.tables.prior_table``), so it is exact on every machine.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from functools import cache
 import numpy as np
 import torch
 
-from codec.config import MGCFConfig
 from codec.defaults import DEFAULT_LORA_RANK, DEFAULT_TUCKER_RANKS
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
 from codec.fixedpoint import WEIGHT_FRAC, check_bounds
-from codec.tables import NUM_SYMBOLS, prior_table
-from codec.wavefront import kernel_offsets
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.tables import NUM_SYMBOLS, prior_table
+from codec.mgcf.wavefront import kernel_offsets
 
 SECTION = b"ADPT"
 SECTION_VERSION = 1

@@ -8,8 +8,8 @@ its file; coders only ever use the stored integers.
   away from 0 and 1 (at most -Z_RANGE..Z_RANGE), plus the two escapes.
 
 A table of n symbols is n integers q summing to 2**24 - n; constriction codes symbol j with
-frequency (q[j] + 1) / 2**24 (see ``codec.tables``). Values beyond an escape are coded after it
-as Exp-Golomb bits (``codec.lossy.bitstream``).
+frequency (q[j] + 1) / 2**24 (see ``codec.mgcf.tables``). Values beyond an escape are coded after it
+as Exp-Golomb bits (``codec.cca.bitstream``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import math
 
 import torch
 
+from codec.cca.factorized import FactorizedDensity
 from codec.fixedpoint import ACT_FRAC
-from codec.lossy.factorized import FactorizedDensity
 
 PRECISION = 24
 SCALES = torch.exp(torch.linspace(math.log(0.11), math.log(256.0), 64, dtype=torch.float64))

@@ -2,12 +2,12 @@
 JPEG-XL, all measured in the same run on the same images.
 
 For every image and every setting of every codec: real file bytes (bits per pixel), RGB PSNR,
-MS-SSIM (``jobs.quality``), encode and decode seconds. Our points are the CCA model files (one per
+MS-SSIM (``jobs.bench.quality``), encode and decode seconds. Our points are the CCA model files (one per
 rate point, the shipped ones by default), each decoded from its bytes (and checked against the
 stored reconstruction hash); their setting is named as in ``callic encode --codec cca
 --quality Q``: quality 1..N, the Q-th model file given (the shipped rate points, lowest quality
 first, by default). A curve is the mean over images at each setting (as Kodak curves
-are drawn); BD-rate (``jobs.bdrate``) compares our curve with each anchor on PSNR and on MS-SSIM
+are drawn); BD-rate (``jobs.bench.bdrate``) compares our curve with each anchor on PSNR and on MS-SSIM
 in dB (-10 log10(1 - MS-SSIM)).
 
 Anchor settings: JPEG = Pillow's libjpeg (4:2:0, optimize), quality 5..95; WebP = libwebp
@@ -18,75 +18,29 @@ JPEG-XL = libjxl (imagecodecs, effort 7) distance 0.5..12.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imagecodecs
 import numpy as np
 
-from jobs.bdrate import bd_rate
-from jobs.quality import ms_ssim, psnr
+from jobs.bench.anchors import LossyCodec, lossy_anchor_codecs
+from jobs.bench.bdrate import bd_rate
+from jobs.bench.quality import ms_ssim, psnr
 
 REFERENCE_PIXELS = 768 * 512  # times are also given per 768x512, scaled by pixel count
-
-
-@dataclass
-class LossyCodec:
-    name: str
-    settings: list[Any]
-    encode: Callable[[np.ndarray, Any], bytes]
-    decode: Callable[[bytes], np.ndarray]
-
-
-def _jpeg_encode(pixels: np.ndarray, quality: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, optimize=True)
-    return buf.getvalue()
-
-
-def _jpeg_decode(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def anchor_codecs(threads: int | None) -> list[LossyCodec]:
-    q = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
-    return [
-        LossyCodec("jpeg", q, _jpeg_encode, _jpeg_decode),
-        LossyCodec(
-            "webp", q, lambda p, s: imagecodecs.webp_encode(p, level=s, lossless=False), imagecodecs.webp_decode
-        ),
-        LossyCodec(
-            "avif",
-            [10, 20, 30, 40, 50, 60, 70, 80, 90],
-            lambda p, s: imagecodecs.avif_encode(p, level=s, speed=8, numthreads=threads),
-            imagecodecs.avif_decode,
-        ),
-        LossyCodec(
-            "jxl",
-            [12, 8, 6, 4, 3, 2, 1.5, 1, 0.5],
-            lambda p, s: imagecodecs.jpegxl_encode(p, distance=s, effort=7, numthreads=threads),
-            imagecodecs.jpegxl_decode,
-        ),
-    ]
 
 
 def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str]]:
     """Our codec, one setting per model file (rate point), in the order given: quality 1..N, the
     numbering of ``callic encode --quality`` for the shipped rate points."""
     import codec
-    from codec.lossy.api import encode_lossy, load_lossy_model
+    from codec.cca.api import encode_lossy, load_lossy_model
 
     models = [load_lossy_model(f, device=device) for f in model_files]
     by_index = dict(enumerate(models, start=1))
@@ -187,7 +141,7 @@ def report(cv: dict[str, list[dict]], bd: list[dict], env: str, failures: list[d
     lines = ["# Lossy rate-distortion", "", env, "", "## BD-rate of cca against each anchor (negative: fewer bits)", ""]
     lines += ["| anchor | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|--:|--:|"]
     lines += [f"| {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd]
-    lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bdrate``).", ""]
+    lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bench.bdrate``).", ""]
     lines += ["## Curves (mean over images at each setting)", ""]
     lines += [
         "| codec | setting (cca: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
@@ -235,10 +189,10 @@ def main(args: argparse.Namespace) -> int:
     ``--repeat`` times each point that many times (medians)."""
     from codec.defaults import DEFAULT_STEPS
     from codec.modelfiles import PACKAGE_MODELS, digest_of, quality_levels
-    from jobs.benchimages import list_bench_images
-    from jobs.benchray import run_images_on_ray
+    from jobs.bench.images import list_bench_images
+    from jobs.bench.rowlog import RowLog
+    from jobs.bench.runners import run_images_on_ray
     from jobs.cli import UsageError, storage_options
-    from jobs.rowlog import RowLog
     from jobs.runtime import setup_torch
 
     if args.steps != [DEFAULT_STEPS]:
@@ -326,13 +280,13 @@ class LossyBenchCodecs:
 
 def lossy_codecs(files: list[str], threads: int | None, device: str) -> list[LossyCodec]:
     """Our codec (one setting per model file, its models loaded) first, then the anchors."""
-    return [cca_codec(files, device)[0]] * bool(files) + anchor_codecs(threads)
+    return [cca_codec(files, device)[0]] * bool(files) + lossy_anchor_codecs(threads)
 
 
 def lossy_points(files: list[str]) -> list[tuple[str, Any]]:
     """Every (codec, setting) of ``lossy_codecs``, without loading a model: the driver's list."""
     ours = [("cca", q) for q in range(1, len(files) + 1)]
-    return ours + [(c.name, s) for c in anchor_codecs(None) for s in c.settings]
+    return ours + [(c.name, s) for c in lossy_anchor_codecs(None) for s in c.settings]
 
 
 def image_points(
@@ -340,7 +294,7 @@ def image_points(
 ) -> list[dict]:
     """One image through every (codec, setting) not in ``skip``; an unreadable image gives one
     error row per point. The unit of work in this process and on a worker."""
-    from jobs.benchimages import load_pixels
+    from jobs.bench.images import load_pixels
 
     try:
         pixels = load_pixels(fs, path)

@@ -8,7 +8,7 @@ No spatial context: a decoder runs five network steps, not one per position.
 
 Quantization (cca.md): rates use additive uniform noise; the reconstruction path uses
 straight-through rounding of y - mu (and of z). At test time both are hard rounding, which is
-what ``codec.lossy.exact`` reproduces with integers.
+what ``codec.cca.exact`` reproduces with integers.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.lossy.config import CCAConfig
-from codec.lossy.factorized import LIKELIHOOD_FLOOR, FactorizedDensity
-from codec.lossy.layers import NAFBlock, conv, deconv, stage
+from codec.cca.config import CCAConfig
+from codec.cca.factorized import LIKELIHOOD_FLOOR, FactorizedDensity
+from codec.cca.layers import NAFBlock, conv, deconv, stage
 
 SCALE_MIN = 0.11  # lower bound of a Gaussian scale (as CompressAI); also the first table scale
 

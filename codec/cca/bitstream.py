@@ -1,7 +1,7 @@
 """Range coding of integer latents under the stored tables, with escapes for the tails.
 
 A group of values shares one table of n symbols: escape low, the n - 2 inner values starting at
-``low``, escape high (see ``codec.lossy.tables``). All symbols of a group are coded in one call;
+``low``, escape high (see ``codec.cca.tables``). All symbols of a group are coded in one call;
 after them, for each escaped value in order, its distance beyond the inner range minus one as an
 order-0 Exp-Golomb code, one fair bit at a time. The decoder rebuilds the same groups from what it
 has already decoded, so nothing else is sent.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from codec.config import MGCFConfig
 from codec.fixedpoint import (
     ACT_FRAC,
     ACT_LIMIT,
@@ -26,7 +25,8 @@ from codec.fixedpoint import (
     layer_norm,
     requantize,
 )
-from codec.wavefront import kernel_offsets, step_positions
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.wavefront import kernel_offsets, step_positions
 
 PATCH_CHUNK_POSITIONS = 8192  # positions per chunk of the encoder's parallel pass
 ROW_SLICE = 2048  # rows per slice of the pointwise layers

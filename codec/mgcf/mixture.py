@@ -12,7 +12,7 @@ channels of one pixel are coded in one step with the dependency carried by the c
 sharing the weights across channels (rather than a joint mixture whose weights would be
 re-weighted after R is known) gives exactly that, and matches the paper's 575K parameters.
 
-The integer twin of this distribution, used for coding, is ``codec.tables``.
+The integer twin of this distribution, used for coding, is ``codec.mgcf.tables``.
 """
 
 from __future__ import annotations

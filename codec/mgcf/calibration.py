@@ -8,7 +8,7 @@ a factor that depends on the context. JPEG-XL's MA tree learns such statistics p
 codes; this is the same idea on top of the network. Float estimates: ``bench/calibration_estimate.py``.
 
 Scheme 1, per segment (an independent stream), per channel c of each coded subpixel, with the
-mixture's weights w_k, means mu_k (1/64 pixel) and log-scales l_k of ``codec.tables.MixtureInts``:
+mixture's weights w_k, means mu_k (1/64 pixel) and log-scales l_k of ``codec.mgcf.tables.MixtureInts``:
 
 - centre m = floor(sum w mu / sum w), scale s = exp(lbar) with lbar = floor(sum w l / sum w),
   read as 1/s from the model's inverse-scale table;
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from codec.tables import MixtureInts, inverse_scale
+from codec.mgcf.tables import MixtureInts, inverse_scale
 
 SCHEME = 1
 SECTION = b"CALB"  # codec.header.CALIBRATION_SECTION: one byte, the scheme
@@ -53,7 +53,7 @@ RIDGE = 50 << (2 * Y_FRAC)
 SOLVE_BITS = 30
 SOLVE_EVERY = 4  # steps between refits of the regression (the solve is the costly part)
 MEAN_SHIFT_LIMIT = 32 * 64  # 32 pixels, in 1/64 pixel
-MEAN_LIMIT = (1 << 23) - MEAN_SHIFT_LIMIT - 1  # keeps codec.tables' positions exact
+MEAN_LIMIT = (1 << 23) - MEAN_SHIFT_LIMIT - 1  # keeps codec.mgcf.tables' positions exact
 INV_SCALE_LIMIT = (1 << 27) - 1
 SCALE_BUCKETS, SCALE_BUCKET_LO, SCALE_BUCKET_WIDTH = 12, -6144, 2048  # lbar in [-1.5, 4.5), 2**-12
 SURPRISE_BUCKETS = 10  # 9 of 2 log2(mean |y| / E) from -4, and one for "no neighbour coded yet"
@@ -82,9 +82,9 @@ def check_scheme(scheme: int) -> None:
 
 
 class Calibrator:
-    """The calibration state of one batch of segments, for ``codec.learned``'s step loop:
+    """The calibration state of one batch of segments, for ``codec.mgcf.learned``'s step loop:
     ``begin_step`` with the step's real positions, then per channel ``correction(c)`` (given to
-    ``codec.tables.frequency_tables``) and ``observe(c, values)`` once that channel's symbols are
+    ``codec.mgcf.tables.frequency_tables``) and ``observe(c, values)`` once that channel's symbols are
     known, then ``end_step``."""
 
     def __init__(self, patch: int, segment_of_patch: torch.Tensor, luts: dict[str, torch.Tensor]):

@@ -1,5 +1,5 @@
-"""A float, differentiable-through-the-model stand-in for ``codec.calibration`` (scheme 1), so that
-per-image fine-tuning (``codec.rpft``) minimises the bits the *calibrated* coder will spend.
+"""A float, differentiable-through-the-model stand-in for ``codec.mgcf.calibration`` (scheme 1), so that
+per-image fine-tuning (``codec.mgcf.rpft``) minimises the bits the *calibrated* coder will spend.
 
 Why: the coder corrects the model's means and scales from the residuals it has already seen. An
 adapter trained on the uncorrected loss learns much of the same correction, which the coder then
@@ -25,7 +25,7 @@ coded (y = 0, not in the surprise), as in the coder.
 
 Measured (README, "Adaptation once the coder calibrates itself"): even with the full gradient,
 what fine-tuning finds once the corrections are applied is within 0.1% of the pre-trained model,
-so the coder does not use it; it is reached only through ``codec.rpft.adapt(calibration=1)`` and
+so the coder does not use it; it is reached only through ``codec.mgcf.rpft.adapt(calibration=1)`` and
 ``bench/rpft_tuning.py``'s ``aware=1``.
 """
 
@@ -35,9 +35,9 @@ import math
 
 import torch
 
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, MEAN_SCALE, channel_means, split
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN, MEAN_SCALE, channel_means, split
 
-NEIGHBOURS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0))  # codec.calibration.NEIGHBOURS
+NEIGHBOURS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0))  # codec.mgcf.calibration.NEIGHBOURS
 E = 2 * math.log(2)
 RIDGE = 50.0
 BETA_LIMIT = 4.0

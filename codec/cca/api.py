@@ -2,7 +2,7 @@
 reads such files like any other (the HEAD names the coder and the model's hash).
 
 The file stores the hash (``codec.raster.raster_hash``) of the reconstruction the encoder computed
-with the exact decoder path (``codec.lossy.exact``); a decoder that gets other pixels (a corrupt
+with the exact decoder path (``codec.cca.exact``); a decoder that gets other pixels (a corrupt
 stream, a wrong model, or a platform where the exact path were not exact) raises instead of
 returning them.
 
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from codec.cca import coding
+from codec.cca.weights import file_name, load_model_file, parse_model
 from codec.container import HEAD, Container
 from codec.errors import CorruptFileError, UnsupportedError, VerificationError
 from codec.fileformat import as_raster, check_encodable
 from codec.header import CODER_CCA, Header
-from codec.lossy import coding
-from codec.lossy.weights import file_name, load_model_file, parse_model
 from codec.modelfiles import find_by_hash, lossy_model_path
 from codec.raster import Raster, raster_hash
 from codec.reading import decode

@@ -9,7 +9,7 @@ order, each group in (channel, row, column) order.
 Memory: both sides hold the whole image's activations (in float64 on the exact path), so a
 header's size, not the stream, sets what decoding costs; sizes whose estimated peak
 (``DECODE_BYTES_PER_PIXEL``) exceeds the decoder's budget (``CALLIC_DECODER_MEMORY``, the learned
-coder's, ``codec.learned``) are refused before any work, by the encoder too, so that it writes no
+coder's, ``codec.mgcf.learned``) are refused before any work, by the encoder too, so that it writes no
 file a default decoder refuses. A stream that runs out fails where it does (``codec.entropy``).
 """
 
@@ -21,15 +21,15 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from codec import learned
+from codec import defaults
+from codec.cca.bitstream import decode_group, encode_group
+from codec.cca.exact import ONE, ExactCCA, exact_kernels, exact_tensors
+from codec.cca.model import CCAModel, pad_to
+from codec.cca.tables import scale_thresholds
+from codec.cca.weights import CCAModelFile
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
 from codec.fixedpoint import ACT_LIMIT
-from codec.lossy.bitstream import decode_group, encode_group
-from codec.lossy.exact import ONE, ExactCCA, exact_kernels, exact_tensors
-from codec.lossy.model import CCAModel, pad_to
-from codec.lossy.tables import scale_thresholds
-from codec.lossy.weights import CCAModelFile
 
 STRIDE = 64  # g_a then h_a halve the size six times
 Z_LIMIT = 1 << 20
@@ -41,7 +41,7 @@ DECODE_BYTES_PER_PIXEL = 1400
 def check_memory(height: int, width: int, budget: int | None = None) -> None:
     """Refuse an image size whose decode would need more than ``budget`` bytes (default: the
     decoder's budget) before anything is allocated."""
-    budget = learned.DECODER_BATCH_BYTES if budget is None else budget
+    budget = defaults.DECODER_BATCH_BYTES if budget is None else budget
     need = height * width * DECODE_BYTES_PER_PIXEL
     if need > budget:
         raise UnsupportedError(
@@ -99,7 +99,7 @@ def _y_low(table: torch.Tensor) -> int:
 def encode(model: LossyModel, pixels: np.ndarray) -> tuple[bytes, np.ndarray]:
     """(H, W, 3) uint8 -> (coded latents, the reconstruction every decoder will produce)."""
     h, w = pixels.shape[:2]
-    check_memory(h, w, min(learned.DECODER_BATCH_BYTES, learned.DEFAULT_DECODER_MEMORY))
+    check_memory(h, w, min(defaults.DECODER_BATCH_BYTES, defaults.DEFAULT_DECODER_MEMORY))
     x = torch.from_numpy(np.array(pixels, copy=True)).to(model.device).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         y = model.float_model.g_a(pad_to(x, STRIDE))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from codec.lossy.codec import psnr
+from codec.cca.codec import psnr
 
 __all__ = ["ms_ssim", "psnr"]
 

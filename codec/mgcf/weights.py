@@ -3,7 +3,7 @@
 A model file holds three groups of tensors and its configuration in the safetensors metadata:
 
 - ``float.*``: the float MGCF weights (training, per-image fine-tuning);
-- ``exact.*``: their integer twin (``codec.quantize``), what the coding path runs;
+- ``exact.*``: their integer twin (``codec.mgcf.quantize``), what the coding path runs;
 - ``lut.*``: the lookup tables of the exact path (``codec.fixedpoint.build_luts``), stored so that a
   decoder never recomputes them with its own platform's math.
 
@@ -26,22 +26,20 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from codec.config import MGCFConfig
 from codec.errors import CorruptFileError, ModelNotFoundError
-from codec.exact import ExactMGCF
 from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts, check_bounds
-from codec.mgcf import MGCF
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.exact import ExactMGCF
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+from codec.mgcf.model import MGCF
+from codec.mgcf.quantize import exact_tensors
+from codec.mgcf.wavefront import kernel_offsets
 from codec.modelfiles import find_by_hash, read_model_bytes, write_named
-from codec.quantize import exact_tensors
-from codec.wavefront import kernel_offsets
+from codec.tensorfile import LUT_LIMIT, check_tensors, read_safetensors, st_bytes
 
 FORMAT = "callic-mgcf"
 FORMAT_VERSION = "1"
-LUT_LIMIT = 1 << 25  # every table value (``build_luts``) is below 2**25
 EXACT_LIMIT = 1 << 53  # integers beyond it do not survive float64
 
 
@@ -53,19 +51,6 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     """Integer tensor as int32 when every value fits (most weights and all tables), else int64."""
     t = t.long().contiguous()
     return t.int() if t.numel() == 0 or int(t.abs().max()) < 2**31 else t
-
-
-def st_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes whose header lists its keys in sorted order. ``safetensors`` writes its
-    metadata (and may write its tensor entries) in hash-map order, which changes from process to
-    process: the same weights then made a different file, and so a different hash and name, at
-    every export. The header is the same JSON, reordered and padded to 8 bytes as the format wants;
-    the tensor data after it is untouched (its offsets are relative to the header's end)."""
-    data = st_save(tensors, metadata)
-    n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def serialize(model: MGCF) -> bytes:
@@ -108,32 +93,8 @@ class ModelFile:
         return ExactMGCF(self.cfg, self.group("exact"), self.group("lut"), device)
 
 
-def read_safetensors(data: bytes, fmt: str, version: str, source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and metadata of a safetensors file of format ``fmt`` v``version``, or
-    ``CorruptFileError`` naming ``source``."""
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-    except Exception as exc:  # safetensors raises its own error types on any malformed header
-        raise CorruptFileError(f"{source} is not a safetensors model file: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("format_version") != version:
-        raise CorruptFileError(f"{source} is not a {fmt} v{version} model file")
-    return tensors, meta
-
-
-def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:
-    """Refuse a model file whose tensors are not exactly the ones its configuration implies."""
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CorruptFileError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise CorruptFileError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, not {shape}")
-
-
 def _exact_shape(name: str, shape: tuple[int, ...], cfg: MGCFConfig) -> tuple[int, ...]:
-    """Shape of the integer twin (``codec.quantize``) of float tensor ``name``."""
+    """Shape of the integer twin (``codec.mgcf.quantize``) of float tensor ``name``."""
     if name == "embed.weight":  # (out, in, 3, 3) -> (visible taps * in, out)
         return (len(kernel_offsets(3, strict=True)) * shape[1], shape[0])
     if name.endswith("dw.weight"):  # depth-wise (C, 1, k, k) -> (visible taps, C)

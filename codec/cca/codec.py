@@ -57,7 +57,7 @@ class LossyEncoder:
     def model(self) -> Any:
         """The CCA model, loaded on first use (its hash is known from the file's bytes before)."""
         if self._model is None:
-            from codec.lossy.api import load_lossy_model
+            from codec.cca.api import load_lossy_model
 
             self._model = load_lossy_model(self.path, None, self.device)
         return self._model
@@ -68,7 +68,7 @@ class LossyEncoder:
         return [self._lossy(r, verify) if y else next(rest) for r, y in zip(rasters, lossy, strict=True)]
 
     def _lossy(self, raster: Raster, verify: bool) -> tuple[bytes, EncodeReport]:
-        from codec.lossy.api import encode_lossy_with_reconstruction
+        from codec.cca.api import encode_lossy_with_reconstruction
 
         timings: dict[str, float] = {}
         blob, recon = encode_lossy_with_reconstruction(raster, model=self.model, verify=verify, timings=timings)
@@ -82,7 +82,7 @@ class LossyEncoder:
         return {**self.lossless.fingerprint(), "lossy_model": self.digest}
 
     def decode(self, data: bytes) -> Raster:
-        from codec.api import decode
+        from codec.reading import decode
 
         return decode(data, model=[self.lossless.model, self.model], device=self.lossless.device)
 

@@ -10,10 +10,10 @@
    (the paper's ratio: scale 0.05 for step 0.05) with uniform noise. Adam, lr 2e-3 [choice: the
    paper's 1e-2 diverges with our parametrization; 2e-3 was best of 1e-3, 2e-3 and 4e-3].
 3. The quantized adapters and estimates of the image's bits with and without them; the caller
-   (``codec.api``) decides whether they pay for themselves.
+   (``codec.mgcf.coder``) decides whether they pay for themselves.
 
 A batch of images is adapted together, one optimizer step for all of them. On a GPU a forward
-pass mixes their patches, each carrying its own image's adapter updates (``codec.mgcf``: batched
+pass mixes their patches, each carrying its own image's adapter updates (``codec.mgcf.model``: batched
 low-rank products and a grouped depth-wise conv) over the shared base weights; on a CPU each pass
 holds one image's patches, with its updates merged into the weights (see ``_run``). Each image's
 loss is its own, and Adam is elementwise, so each image gets the adapters it would get alone, up
@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from codec import calibration_loss
-from codec.adapters import MAX_DELTA, STEP, AdapterSet, AdapterSpec, factors, layout, start_values
 from codec.defaults import DEFAULT_ADAPT_LR, DEFAULT_STEPS, MIN_ADAPT_PIXELS
-from codec.learned import patchify, real_masks
-from codec.mgcf import MGCF, Deltas
-from codec.mixture import nll_bits
+from codec.mgcf import calibration_loss
+from codec.mgcf.adapters import MAX_DELTA, STEP, AdapterSet, AdapterSpec, factors, layout, start_values
+from codec.mgcf.learned import patchify, real_masks
+from codec.mgcf.mixture import nll_bits
+from codec.mgcf.model import MGCF, Deltas
 
 ORDERS = ("rate", "random", "all")
 LAYERS = ("all", "last", "head")
@@ -262,7 +262,7 @@ def _patch_bits(
 ) -> torch.Tensor:
     """Estimated bits of each patch's real pixels, (B,). ``trunk``: (first block, its input
     features) when the layers before it are frozen and already computed. ``calibrated``: each
-    patch's image, to estimate the bits after calibration's corrections (``codec.calibration_loss``)."""
+    patch's image, to estimate the bits after calibration's corrections (``codec.mgcf.calibration_loss``)."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         params = model(x, deltas) if trunk is None else model.tail(trunk[1], trunk[0], deltas)
     params, pixels, k = params.float(), x.permute(0, 2, 3, 1), model.cfg.mixtures
@@ -288,7 +288,7 @@ def _run(
 
     Mixed passes (the GPU default) hold patches of several images, each with its own image's
     updates: one big pass keeps a GPU busy. Otherwise (the CPU default) a pass holds one image's
-    patches, whose updates are merged into the weights once (``codec.mgcf``): cheaper on a CPU,
+    patches, whose updates are merged into the weights once (``codec.mgcf.model``): cheaper on a CPU,
     and a pass then never depends on the other images of the batch. With a ``trunk``, only the
     layers after it run (on its kept features). ``calibrated``: bits after calibration's corrections.
     """
@@ -330,8 +330,8 @@ def _selection(t: int, cfg: AdaptConfig, order: torch.Tensor) -> torch.Tensor:
 
 def adapt(model: MGCF, images: list[np.ndarray], cfg: AdaptConfig, calibration: int = 0) -> list[Adapted]:
     """Fine-tune adapters for each (H, W, 3) uint8 image, all in one batch; see the module docstring.
-    ``calibration``: the scheme the coder will use (``codec.calibration``); with one, the loss and
-    both estimates are the bits after its corrections (``codec.calibration_loss``).
+    ``calibration``: the scheme the coder will use (``codec.mgcf.calibration``); with one, the loss and
+    both estimates are the bits after its corrections (``codec.mgcf.calibration_loss``).
 
     ``cfg.steps`` is a budget when ``cfg.stop_below`` > 0: fine-tuning stops once every image's
     estimated net gain (the bits its trained patches save, scaled to the whole image, less the

@@ -3,7 +3,7 @@ compression with a scale hyperprior", appendix 6.1): per channel, a monotone fun
 sigmoid is the CDF; a bin's probability is the CDF difference across it.
 
 Only training evaluates it; for coding, its CDF at the integers is turned once into integer
-frequency tables that are stored with the model (``codec.lossy.tables``).
+frequency tables that are stored with the model (``codec.cca.tables``).
 """
 
 from __future__ import annotations

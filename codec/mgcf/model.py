@@ -11,10 +11,10 @@
       -> 1x1 head                                                  C -> 10K mixture parameters
 
 Everything except the two masked convolutions is pointwise, which is what lets the decoder run
-them on the positions being decoded only (Cache then Crop Inference, ``codec.exact``).
+them on the positions being decoded only (Cache then Crop Inference, ``codec.mgcf.exact``).
 Activations are kept channels-last so that pointwise layers are plain ``nn.Linear``.
 This float model is what training and per-image fine-tuning use; coding never runs it: it runs
-its integer twin built by ``codec.quantize``.
+its integer twin built by ``codec.mgcf.quantize``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.config import MGCFConfig
-from codec.wavefront import kernel_mask, kernel_offsets
+from codec.mgcf.config import MGCFConfig
+from codec.mgcf.wavefront import kernel_mask, kernel_offsets
 
 PIXEL_CENTER = 128.0
 PIXEL_SCALE = 64.0
@@ -111,7 +111,7 @@ def masked_depthwise(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor |
 
 
 class MaskedConv2d(nn.Conv2d):
-    """Conv2d whose kernel is multiplied by a wavefront mask (see ``codec.wavefront``)."""
+    """Conv2d whose kernel is multiplied by a wavefront mask (see ``codec.mgcf.wavefront``)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, strict: bool, groups: int = 1):
         super().__init__(cin, cout, kernel, padding=kernel // 2, groups=groups)
@@ -168,7 +168,7 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(c * cfg.mlp_ratio, c)
 
     def forward(self, x: torch.Tensor, deltas: Deltas | None = None) -> torch.Tensor:
-        """``deltas``: per-sample adapter updates by layer name (``codec.rpft``), or None."""
+        """``deltas``: per-sample adapter updates by layer name (``codec.mgcf.rpft``), or None."""
         d = deltas or {}
         p = self.name + "."
         h = self.norm1(x)
@@ -202,7 +202,7 @@ class MGCF(nn.Module):
 
     def trunk(self, pixels: torch.Tensor, blocks: int, deltas: Deltas | None = None) -> torch.Tensor:
         """The embedding and the first ``blocks`` blocks: features (B, H, W, C). Split from
-        ``tail`` so that per-image fine-tuning of the later layers only (``codec.rpft``) can
+        ``tail`` so that per-image fine-tuning of the later layers only (``codec.mgcf.rpft``) can
         compute the frozen ones once."""
         x = (pixels.to(self.head.weight.dtype) - PIXEL_CENTER) / PIXEL_SCALE
         x = self.embed(x).permute(0, 2, 3, 1)

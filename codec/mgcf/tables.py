@@ -1,4 +1,4 @@
-"""Integer frequency tables of the discretized logistic mixture (the twin of ``codec.mixture``).
+"""Integer frequency tables of the discretized logistic mixture (the twin of ``codec.mgcf.mixture``).
 
 For each subpixel to code, 256 integers ``q`` with ``sum(q) == 2**24 - 256``; the coder gives
 symbol v the frequency ``(q[v] + 1) / 2**24``. ``constriction``'s fast quantizer maps such a
@@ -26,7 +26,7 @@ from codec.fixedpoint import (
     TANH_LUT_RANGE,
     lut_lookup,
 )
-from codec.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
+from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
 
 NUM_SYMBOLS = 256
 TABLE_TOTAL = 2**24 - NUM_SYMBOLS
@@ -57,7 +57,7 @@ class MixtureInts:
 
 
 class Correction(Protocol):
-    """Adjusts a chunk of rows' mixtures before their tables are built (``codec.calibration``)."""
+    """Adjusts a chunk of rows' mixtures before their tables are built (``codec.mgcf.calibration``)."""
 
     def __call__(self, rows: slice, mixture: MixtureInts) -> MixtureInts: ...
 
@@ -147,7 +147,7 @@ def _table_from_cdf(cdf: torch.Tensor, total_weight: torch.Tensor) -> torch.Tens
 
 def prior_table(scale_exp: int, sigmoid: torch.Tensor) -> torch.Tensor:
     """Table (256,) of a zero-mean logistic with scale ``2**scale_exp`` over symbols ``v - 128``
-    (the adapters' prior, ``codec.adapters``), from the model's sigmoid table ``sigmoid`` (int64).
+    (the adapters' prior, ``codec.mgcf.adapters``), from the model's sigmoid table ``sigmoid`` (int64).
 
     The upper edge of symbol v is ``(v - 127.5) / 2**scale_exp``, on the table's 2**-12 grid for
     scale_exp <= 11, so the table is read without any rounding.

@@ -24,6 +24,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from codec.cca.config import CCAConfig
+from codec.cca.layers import LayerNorm2d, NAFBlock
+from codec.cca.model import CCAModel
 from codec.fixedpoint import (
     ACT_FRAC,
     ACT_LIMIT,
@@ -36,9 +39,6 @@ from codec.fixedpoint import (
     quantize_weight,
     requantize,
 )
-from codec.lossy.config import CCAConfig
-from codec.lossy.layers import LayerNorm2d, NAFBlock
-from codec.lossy.model import CCAModel
 
 ONE = 1 << ACT_FRAC
 

@@ -17,7 +17,7 @@ configuration at P = 64, 50.7 MB at the shipped model's P = 128) must fit the de
 patches per stream, 64 and 16, need 0.81 GB). A file whose segments do
 not fit is refused before anything is allocated, and the encoder refuses to write one that a
 decoder with the default budget would refuse. Batches of several segments are held to the budget
-and grow from one segment (``_segment_groups``). Calibration (``codec.calibration``) adds its
+and grow from one segment (``_segment_groups``). Calibration (``codec.mgcf.calibration``) adds its
 residual maps, 32 (P + 4)**2 bytes per patch (0.15 MB at P = 64, 1.2% of the caches), and its
 per-segment statistics (under 1 MB), outside the budget.
 
@@ -30,22 +30,18 @@ stream fails after work in proportion to its length, not to the size its header 
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
 import torch
 
-from codec.calibration import Calibrator, check_scheme
+from codec import defaults
 from codec.entropy import Decoder, Encoder
 from codec.errors import CorruptFileError, UnsupportedError
-from codec.exact import ExactMGCF
-from codec.tables import frequency_tables
-from codec.wavefront import num_steps, step_positions
-
-DEFAULT_DECODER_MEMORY = 2 << 30
-# Memory for the decoder's caches: patches decoded together (and the largest segment it accepts).
-DECODER_BATCH_BYTES = int(os.environ.get("CALLIC_DECODER_MEMORY", DEFAULT_DECODER_MEMORY))
+from codec.mgcf.calibration import Calibrator, check_scheme
+from codec.mgcf.exact import ExactMGCF
+from codec.mgcf.tables import frequency_tables
+from codec.mgcf.wavefront import num_steps, step_positions
 
 
 def patchify(pixels: np.ndarray, p: int) -> torch.Tensor:
@@ -130,7 +126,7 @@ def _code_step(
 
 
 def _calibrator(scheme: int, model: ExactMGCF, num_patches: int, local: list[slice]) -> Calibrator | None:
-    """A batch's calibration state (``codec.calibration``), or None for scheme 0 (none)."""
+    """A batch's calibration state (``codec.mgcf.calibration``), or None for scheme 0 (none)."""
     if not scheme:
         return None
     check_scheme(scheme)
@@ -162,7 +158,7 @@ def _batches(height: int, width: int, model: ExactMGCF, per_stream: int, max_pat
     """Yield (patch range, real-pixel masks, per-segment local slices, segment indices) per batch."""
     p = model.cfg.patch
     seg_ranges = segments(math.ceil(height / p) * math.ceil(width / p), per_stream)
-    budget_patches = max(1, DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
+    budget_patches = max(1, defaults.DECODER_BATCH_BYTES // model.cache_bytes_per_patch())
     max_patches = budget_patches if max_patches is None else min(max_patches, budget_patches)
     for group in _segment_groups(seg_ranges, max_patches):
         first = seg_ranges[group[0]].start
@@ -191,10 +187,10 @@ def encode_rgb(
     """One parallel pass per batch of segments, then every step's symbols into each segment's stream.
     ``timings`` (if given) accumulates seconds in ``exact_pass_s`` and ``coding_s``. Layouts that a
     decoder with the default budget would refuse are refused here (``UnsupportedError``).
-    ``calibration``: the ``codec.calibration`` scheme (0: none), which the file must record."""
+    ``calibration``: the ``codec.mgcf.calibration`` scheme (0: none), which the file must record."""
     p, k = model.cfg.patch, model.cfg.mixtures
     h, w, _ = pixels.shape
-    check_segment_memory(h, w, model, per_stream, min(DECODER_BATCH_BYTES, DEFAULT_DECODER_MEMORY))
+    check_segment_memory(h, w, model, per_stream, min(defaults.DECODER_BATCH_BYTES, defaults.DEFAULT_DECODER_MEMORY))
     patches = patchify(pixels, p)
     streams = []
     clock = timings if timings is not None else {}
@@ -230,14 +226,14 @@ def decode_rgb(
     calibration: int = 0,
 ) -> np.ndarray:
     """Decode all segments, batching as many patches per step as ``max_patches`` (default: what
-    ``DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder.
+    ``codec.defaults.DECODER_BATCH_BYTES`` of caches hold); each segment keeps its own range decoder.
     ``calibration``: the scheme the file records (0: none)."""
     p, k = model.cfg.patch, model.cfg.mixtures
     nh, nw = math.ceil(height / p), math.ceil(width / p)
     expected = stream_count(height, width, p, per_stream)
     if len(streams) != expected:
         raise CorruptFileError(f"expected {expected} streams, found {len(streams)}")
-    check_segment_memory(height, width, model, per_stream, DECODER_BATCH_BYTES)
+    check_segment_memory(height, width, model, per_stream, defaults.DECODER_BATCH_BYTES)
     for i, stream in enumerate(streams):
         if not stream or len(stream) % 4:
             raise CorruptFileError(f"stream {i} holds {len(stream)} bytes: not a whole number of 32-bit words >= 1")

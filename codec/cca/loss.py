@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from codec.lossy.config import CCAConfig
-from codec.lossy.model import CCAModel, Forward, SliceModel, gaussian_bits
+from codec.cca.config import CCAConfig
+from codec.cca.model import CCAModel, Forward, SliceModel, gaussian_bits
 
 MODES = ("two-player", "literal", "off")
 MSE_WEIGHT = 0.05 * 255**2

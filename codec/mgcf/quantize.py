@@ -1,4 +1,4 @@
-"""Float MGCF -> the integer tensors of its exact twin (``codec.exact``).
+"""Float MGCF -> the integer tensors of its exact twin (``codec.mgcf.exact``).
 
 Quantizing is rounding after a power-of-two scaling, so the same float weights give the same
 integers on every machine. Masked kernels are stored as their visible taps only: the exact path
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from codec.fixedpoint import check_bounds, quantize_bias, quantize_weight
-from codec.mgcf import MGCF
-from codec.wavefront import kernel_offsets
+from codec.mgcf.model import MGCF
+from codec.mgcf.wavefront import kernel_offsets
 
 
 def _taps(weight: torch.Tensor, strict: bool) -> torch.Tensor:

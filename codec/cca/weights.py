@@ -4,7 +4,7 @@
   training can start from them). The decoder's integer weights are derived from them on load:
   ``round(w * 2**16)`` of a float16 value is exact arithmetic, the same on every machine, so
   storing them too would only double the file.
-- ``lut.*``: GELU and tanh tables; ``ytab`` / ``ztab``: the coding tables (``codec.lossy.tables``).
+- ``lut.*``: GELU and tanh tables; ``ytab`` / ``ztab``: the coding tables (``codec.cca.tables``).
   These come from platform math (erf, exp, the learned CDF), so they are computed once here and
   stored; a coder never recomputes them.
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
+from codec.cca import tables
+from codec.cca.config import CCAConfig
+from codec.cca.exact import exact_tensors
+from codec.cca.model import CCAModel
 from codec.errors import CorruptFileError
 from codec.fixedpoint import build_luts
-from codec.lossy import tables
-from codec.lossy.config import CCAConfig
-from codec.lossy.exact import exact_tensors
-from codec.lossy.model import CCAModel
 from codec.modelfiles import read_model_bytes, write_named
-from codec.weights import LUT_LIMIT, check_tensors, read_safetensors, st_bytes
+from codec.tensorfile import LUT_LIMIT, check_tensors, read_safetensors, st_bytes
 
 FORMAT = "callic-cca"
 FORMAT_VERSION = "1"
