@@ -24,7 +24,7 @@ import numpy as np
 from codec.cca.loss import MSE_WEIGHT
 from codec.cca.weights import load_model_file
 from jobs.bench.images import list_bench_images, load_pixels
-from jobs.bench.lossy import cca_codec, measure
+from jobs.bench.lossy import measure, registry_codec
 
 
 def run_model(run: Path) -> Path:
@@ -42,8 +42,8 @@ def last_log_row(run: Path) -> dict[str, str]:
 
 def evaluate(model_file: Path, images: list[tuple[str, np.ndarray]]) -> dict[str, float]:
     """Each image through the lossy bench's own measurement (real bytes, decoded and checked)."""
-    ours, _ = cca_codec([str(model_file)], "cpu")
-    rows = [measure(ours, 0, name, pixels) for name, pixels in images]
+    ours, _ = registry_codec("cca", [str(model_file)], "cpu")
+    rows = [measure(ours, 1, name, pixels) for name, pixels in images]  # setting 1: the one model file
     failed = [r for r in rows if "error" in r]
     if failed:
         raise RuntimeError(f"{model_file.name}: {failed[0]['image']}: {failed[0]['error']}")

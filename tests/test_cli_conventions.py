@@ -256,9 +256,9 @@ def test_lossy_files_are_in_bits_per_pixel_with_psnr(tmp_path, tiny_lossy_model_
 
 
 def test_lossy_bench_settings_are_the_cli_quality_numbers(tiny_lossy_model_path):
-    from jobs.bench.lossy import cca_codec
+    from jobs.bench.lossy import registry_codec
 
-    ours, _ = cca_codec([str(tiny_lossy_model_path)] * 3, "cpu")
+    ours, _ = registry_codec("cca", [str(tiny_lossy_model_path)] * 3, "cpu")
     assert ours.settings == [1, 2, 3]  # --quality 1..N, not 0..N-1
 
 

@@ -1,14 +1,16 @@
-"""``callic bench DATA --lossy``: rate-distortion of the CCA codec against JPEG, WebP, AVIF and
-JPEG-XL, all measured in the same run on the same images.
+"""``callic bench DATA --lossy``: rate-distortion of our lossy codecs (every lossy codec of
+``codec.registry``; today ``cca``) against JPEG, WebP, AVIF and JPEG-XL, all measured in the same
+run on the same images.
 
 For every image and every setting of every codec: real file bytes (bits per pixel), RGB PSNR,
-MS-SSIM (``jobs.bench.quality``), encode and decode seconds. Our points are the CCA model files (one per
-rate point, the shipped ones by default), each decoded from its bytes (and checked against the
-stored reconstruction hash); their setting is named as in ``callic encode --codec cca
---quality Q``: quality 1..N, the Q-th model file given (the shipped rate points, lowest quality
-first, by default). A curve is the mean over images at each setting (as Kodak curves
-are drawn); BD-rate (``jobs.bench.bdrate``) compares our curve with each anchor on PSNR and on MS-SSIM
-in dB (-10 log10(1 - MS-SSIM)).
+MS-SSIM (``jobs.bench.quality``), encode and decode seconds. Our points are model files (one per
+rate point, the shipped ones by default), each coded by the registry codec opened on it, as
+``callic archive --codec cca`` codes, and decoded from its bytes (and checked against the stored
+reconstruction hash); their setting is named as in ``callic encode --codec cca --quality Q``:
+quality 1..N, the Q-th model file given (the shipped rate points, lowest quality first, by
+default). A curve is the mean over images at each setting (as Kodak curves are drawn); BD-rate
+(``jobs.bench.bdrate``) compares our curves with each anchor on PSNR and on MS-SSIM in dB
+(-10 log10(1 - MS-SSIM)).
 
 Anchor settings: JPEG = Pillow's libjpeg (4:2:0, optimize), quality 5..95; WebP = libwebp
 (imagecodecs) quality 5..95; AVIF = libavif (imagecodecs, speed 8) quality 10..90;
@@ -36,24 +38,38 @@ from jobs.bench.quality import ms_ssim, psnr
 REFERENCE_PIXELS = 768 * 512  # times are also given per 768x512, scaled by pixel count
 
 
-def cca_codec(model_files: list[str], device: str) -> tuple[LossyCodec, list[str]]:
-    """Our codec, one setting per model file (rate point), in the order given: quality 1..N, the
-    numbering of ``callic encode --quality`` for the shipped rate points."""
-    import codec
-    from codec.cca.api import encode_lossy, load_lossy_model
+def ours() -> list[str]:
+    """The lossy codecs of ``codec.registry`` (today ``cca``): the curves the anchors are compared with."""
+    from codec import registry
 
-    models = [load_lossy_model(f, device=device) for f in model_files]
-    by_index = dict(enumerate(models, start=1))
+    return [e.name for e in registry.codec_entries() if e.lossy]
+
+
+def registry_codec(name: str, model_files: list[str], device: str) -> tuple[LossyCodec, list[str]]:
+    """A lossy ``codec.registry`` codec, opened once per model file (rate point, its
+    ``lossy_model``) in the order given: settings 1..N, the numbering of ``callic encode
+    --quality`` for the shipped rate points. Each file decodes with the encoder of the model it
+    names. Also the models' hashes (16 hex digits)."""
+    import codec
+    from codec import registry
+    from codec.raster import Raster
+
+    chosen = registry.codec(name)
+    encoders = {
+        i: chosen.open(chosen.settings_type.pick({"lossy_model": f}), device) for i, f in enumerate(model_files, 1)
+    }
+    digests = {i: e.fingerprint()["lossy_model"] for i, e in encoders.items()}
 
     def encode(pixels: np.ndarray, index: int) -> bytes:
-        return encode_lossy(pixels, model=by_index[index])
+        [(data, _)] = encoders[index].encode_many([Raster.from_array(pixels)], verify=False)
+        return data
 
     def decode(data: bytes) -> np.ndarray:
-        digest = bytes.fromhex(codec.info(data)["model_sha256"])
-        model = next(m for m in models if m.digest == digest)
-        return codec.decode(data, model=model).pixels
+        digest = codec.info(data)["model_sha256"]
+        index = next(i for i, d in digests.items() if d == digest)
+        return encoders[index].decode(data).pixels
 
-    return LossyCodec("cca", list(by_index), encode, decode), [m.digest.hex()[:16] for m in models]
+    return LossyCodec(name, list(encoders), encode, decode), [d[:16] for d in digests.values()]
 
 
 def measure(c: LossyCodec, setting: Any, name: str, pixels: np.ndarray, repeat: int = 1) -> dict:
@@ -112,9 +128,10 @@ def ssim_db(value: float) -> float:
     return -10 * math.log10(max(1e-12, 1 - value))
 
 
-def bd_table(cv: dict[str, list[dict]], test: str = "cca") -> list[dict]:
+def bd_table(cv: dict[str, list[dict]], test: str) -> list[dict]:
+    """BD-rate of the curve ``test`` against every other curve that is not one of ours."""
     table = []
-    for anchor in (c for c in cv if c != test):
+    for anchor in (c for c in cv if c != test and c not in ours()):
         if test not in cv:
             break
         a, t = cv[anchor], cv[test]
@@ -125,7 +142,7 @@ def bd_table(cv: dict[str, list[dict]], test: str = "cca") -> list[dict]:
             if with_ssim
             else None
         )
-        table.append({"anchor": anchor, "bd_rate_psnr": by_psnr, "bd_rate_ms_ssim": by_ssim})
+        table.append({"codec": test, "anchor": anchor, "bd_rate_psnr": by_psnr, "bd_rate_ms_ssim": by_ssim})
     return table
 
 
@@ -138,13 +155,22 @@ def _pct(value: float | None) -> str:
 
 
 def report(cv: dict[str, list[dict]], bd: list[dict], env: str, failures: list[dict]) -> str:
-    lines = ["# Lossy rate-distortion", "", env, "", "## BD-rate of cca against each anchor (negative: fewer bits)", ""]
-    lines += ["| anchor | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|--:|--:|"]
-    lines += [f"| {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd]
+    lines = [
+        "# Lossy rate-distortion",
+        "",
+        env,
+        "",
+        "## BD-rate of ours against each anchor (negative: fewer bits)",
+        "",
+    ]
+    lines += ["| codec | anchor | BD-rate (PSNR) | BD-rate (MS-SSIM dB) |", "|---|---|--:|--:|"]
+    lines += [
+        f"| {r['codec']} | {r['anchor']} | {_pct(r['bd_rate_psnr'])} | {_pct(r['bd_rate_ms_ssim'])} |" for r in bd
+    ]
     lines += ["", "n/a: no common quality range, or fewer than 4 rising points (``jobs.bench.bdrate``).", ""]
     lines += ["## Curves (mean over images at each setting)", ""]
     lines += [
-        "| codec | setting (cca: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
+        "| codec | setting (ours: --quality) | images | bpp | PSNR dB | MS-SSIM | encode ms* | decode ms* |",
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, points in cv.items():
@@ -170,7 +196,7 @@ def plot(path: Path, cv: dict[str, list[dict]]) -> None:
     fig = Figure(figsize=(11, 4.2))
     ax1, ax2 = fig.subplots(1, 2)
     for name, points in cv.items():
-        style = {"marker": "o", "markersize": 3, "label": name, "linewidth": 2.5 if name == "cca" else 1.2}
+        style = {"marker": "o", "markersize": 3, "label": name, "linewidth": 2.5 if name in ours() else 1.2}
         ax1.plot([p["bpp"] for p in points], [p["psnr"] for p in points], **style)
         if all(p["ms_ssim"] is not None for p in points):
             ax2.plot([p["bpp"] for p in points], [ssim_db(p["ms_ssim"]) for p in points], **style)
@@ -205,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     files = args.lossy_models or [str(PACKAGE_MODELS / f) for f in quality_levels()]
     if not files:
-        print("callic bench --lossy: no cca models (none shipped, none given): anchors only", file=sys.stderr)
+        print("callic bench --lossy: no lossy models (none shipped, none given): anchors only", file=sys.stderr)
     hashes = [digest_of(f).hex()[:16] for f in files]  # from the bytes: the driver loads no model
     points = lossy_points(files)
     settings = {"models": hashes, "device": args.device, "threads": args.threads, "repeat": args.repeat}
@@ -237,9 +263,9 @@ def main(args: argparse.Namespace) -> int:
             on_rows(image_points(codecs, *task, fs, args.repeat))
     rows = [log.done[(n, f"{c}@{s}")] for n in names for c, s in points if (n, f"{c}@{s}") in log.done]
     cv = curves(rows)
-    bd = bd_table(cv)
+    bd = [row for name in ours() for row in bd_table(cv, name)]
     env = (
-        f"{len(paths)} images from {args.input}; cca models {', '.join(hashes) or 'none'}; "
+        f"{len(paths)} images from {args.input}; lossy models {', '.join(hashes) or 'none'}; "
         f"device {args.device}, threads {args.threads or 'default'}"
         + (f", {args.workers} Ray workers" if args.workers else "")
     )
@@ -280,13 +306,13 @@ class LossyBenchCodecs:
 
 def lossy_codecs(files: list[str], threads: int | None, device: str) -> list[LossyCodec]:
     """Our codec (one setting per model file, its models loaded) first, then the anchors."""
-    return [cca_codec(files, device)[0]] * bool(files) + lossy_anchor_codecs(threads)
+    return [registry_codec(name, files, device)[0] for name in ours() if files] + lossy_anchor_codecs(threads)
 
 
 def lossy_points(files: list[str]) -> list[tuple[str, Any]]:
     """Every (codec, setting) of ``lossy_codecs``, without loading a model: the driver's list."""
-    ours = [("cca", q) for q in range(1, len(files) + 1)]
-    return ours + [(c.name, s) for c in lossy_anchor_codecs(None) for s in c.settings]
+    points = [(name, q) for name in ours() for q in range(1, len(files) + 1)]
+    return points + [(c.name, s) for c in lossy_anchor_codecs(None) for s in c.settings]
 
 
 def image_points(
