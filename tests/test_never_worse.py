@@ -129,14 +129,15 @@ def test_jxl_effort_is_used_and_checked(tiny_model):
 
 
 def test_one_default_for_steps():
-    from jobs import adaptargs, bench
+    from jobs import adaptargs
+    from jobs.bench import codecs, command
 
     assert DEFAULT_STEPS == 10
-    assert AdaptConfig().steps == codec.api.DEFAULT_ADAPT.steps == bench.Variant().steps == DEFAULT_STEPS
+    assert AdaptConfig().steps == codec.api.DEFAULT_ADAPT.steps == codecs.Variant().steps == DEFAULT_STEPS
     assert CodecSettings().steps == DEFAULT_STEPS
     assert codec.api.DEFAULT_ADAPT.max_patches == adaptargs.DEFAULT_ADAPT_PATCHES == CodecSettings().adapt_patches
     assert AdaptConfig().min_pixels == MIN_ADAPT_PIXELS
-    parser = bench.add_parser(argparse.ArgumentParser().add_subparsers())
+    parser = command.add_parser(argparse.ArgumentParser().add_subparsers())
     assert parser.parse_args(["x"]).steps == [DEFAULT_STEPS]
 
 
