@@ -152,9 +152,12 @@ class LosslessEncoder:
         return {"model": digest_of(self.settings.model or default_model_path()).hex()}
 
     def decode(self, data: bytes) -> Raster:
+        """With this encoder's model once it is loaded or was given as a file; a lazy encoder
+        (restore) loads none of its own: the file's model is found by the hash it names."""
         from codec.api import decode
 
-        return decode(data, model=self.model, device=self.device)
+        own = self.model if self._model is not None or self.settings.model else None
+        return decode(data, model=own, device=self.device)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ digits>.safetensors``; ``mgcf-`` for the learned lossless coder, ``cca-`` for th
 a ``.cllc`` names that hash. ``find_by_hash`` looks in ``$CALLIC_MODEL_PATH`` (folders separated
 by ``os.pathsep``), then ``~/.cache/callic/models``, then the models shipped in the package, and
 takes the first file whose full hash matches (a file of the right name but another hash is
-skipped, with a warning). The package ships two lists: ``DEFAULT`` names the learned coder's
+skipped, with a warning); failing those, the sources added with ``add_source`` (a restored job's
+own copies), checked the same way. The package ships two lists: ``DEFAULT`` names the learned coder's
 default model, ``CCA`` the lossy rate points, lowest quality first.
 
 Why torch-free: the archive driver and the bench's driver pin a job's models by hash before any
@@ -47,9 +48,38 @@ def read_model_bytes(path: str | Path) -> bytes:
         raise ModelNotFoundError(f"model file {path} does not exist") from exc
 
 
+# The model files this process has hashed (``digest_of``), by digest: what a job copies into its
+# folder at creation, read from the very file it pinned.
+_HASHED: dict[bytes, Path] = {}
+# Where a model that no folder of ``model_dirs()`` holds may still come from, tried in order after
+# them: e.g. the folder of a job being restored (``pipeline.restore`` adds its job copies). Each
+# takes a digest and gives (where, bytes) or None; the bytes are checked against the digest.
+ModelSource = Callable[[bytes], "tuple[str, bytes] | None"]
+_SOURCES: list[ModelSource] = []
+
+
 def digest_of(path: str | Path) -> bytes:
     """The SHA-256 of a model file's bytes (what files name and jobs pin), without loading it."""
-    return hashlib.sha256(read_model_bytes(path)).digest()
+    digest = hashlib.sha256(read_model_bytes(path)).digest()
+    _HASHED[digest] = Path(path)
+    return digest
+
+
+def bytes_of(digest: bytes) -> bytes:
+    """The bytes of a model file this process hashed (``digest_of``), checked again against the
+    digest (the file may have changed since): ``ModelNotFoundError`` if it did or none was."""
+    path = _HASHED.get(digest)
+    if path is not None:
+        data = read_model_bytes(path)
+        if hashlib.sha256(data).digest() == digest:
+            return data
+    raise ModelNotFoundError(f"model {digest.hex()[:16]}…: no file with that hash was read by this process")
+
+
+def add_source(source: ModelSource) -> None:
+    """Let ``find_by_hash`` fall back on ``source`` for models no folder holds."""
+    if source not in _SOURCES:
+        _SOURCES.append(source)
 
 
 def write_named(data: bytes, directory: str | Path, name_of: Callable[[bytes], str]) -> Path:
@@ -83,6 +113,15 @@ def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
             return path, data
         skipped.append(f"{path} (its hash is {actual})")
         log.warning("skipped model file %s: its SHA-256 is %s, the file needs %s", path, actual, digest.hex())
+    for source in list(_SOURCES):
+        found = source(digest)
+        if found is None:
+            continue
+        where, data = found
+        if hashlib.sha256(data).digest() == digest:
+            return Path(where), data
+        skipped.append(f"{where} (its hash is {hashlib.sha256(data).hexdigest()})")
+        log.warning("skipped model copy %s: its SHA-256 is not %s", where, digest.hex())
     searched = ", ".join(str(d) for d in model_dirs())
     raise ModelNotFoundError(
         f"model {digest.hex()[:16]}… is not installed (looked in {searched}"

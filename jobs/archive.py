@@ -16,7 +16,8 @@ from importlib import metadata
 from typing import Any
 
 import codec
-from codec import registry
+from codec import modelfiles, registry
+from codec.container import FORMAT_VERSION
 from codec.defaults import DEFAULT_JXL_EFFORT
 from codec.errors import CallicError
 from jobs.adaptargs import add_coding_arguments, coding_fields
@@ -101,17 +102,17 @@ def _codec_counts(codecs: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(codecs.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _show_progress(args: argparse.Namespace) -> bool:
+def show_progress(args: argparse.Namespace) -> bool:
     """Bars and phase lines: not with ``--quiet``, and not with ``--log-json`` (JSON lines only)."""
     return not args.quiet and not args.log_json
 
 
-def _connect(args: argparse.Namespace) -> None:
+def connect_ray(args: argparse.Namespace) -> None:
     """Join or start Ray, saying so: starting a local cluster takes seconds."""
     if cluster.connected():
         return
     where = f"connecting to the Ray cluster at {args.address}" if args.address else "starting a local Ray cluster"
-    with progress.phase(where, _show_progress(args)):
+    with progress.phase(where, show_progress(args)):
         cluster.connect(args.address, log_json=args.log_json)
 
 
@@ -142,8 +143,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         **coding_fields(args),  # every flag encode has, checked here
     )
     # Fail before the job exists; the workers load the same files and check their hashes.
-    with progress.phase("reading the models", _show_progress(args)):  # their hashes, from their bytes
+    with progress.phase("reading the models", show_progress(args)):  # their hashes, from their bytes
         models = open_encoder(settings, "cpu", lazy=True).fingerprint()
+        copies = {bytes.fromhex(h): modelfiles.bytes_of(bytes.fromhex(h)) for h in set(models.values())}
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
         job_id=job_id,
@@ -161,8 +163,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         n_shards=(len(items) + args.shard_size - 1) // args.shard_size,
         max_source_bytes=args.max_source_bytes,
         read_timeout_s=args.read_timeout,
+        format_version=FORMAT_VERSION,
     )
-    spec = job.create(job_store, spec, job.shards_table(items, args.shard_size))
+    spec = job.create(job_store, spec, job.shards_table(items, args.shard_size), copies)
     events.emit(
         "job_created",
         job=job_id,
@@ -182,7 +185,7 @@ def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSetting
     retry = getattr(args, "retry_failed", False)  # resume's flag
     tasks = driver.pending_tasks(spec, spec_sources, manifest.read_all(job_store), retry_failed=retry)
     if tasks:
-        _connect(args)
+        connect_ray(args)
     summary = driver.run(
         spec,
         src,
@@ -191,7 +194,7 @@ def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSetting
         tasks,
         args.workers,
         args.gpus_per_worker,
-        show_progress=_show_progress(args),
+        show_progress=show_progress(args),
     )
     return _finish(job_store, summary, args)
 
@@ -202,13 +205,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     job_store = Store(args.job, options)
     spec, _ = job.load(job_store)
     settings = CodecSettings.from_dict(spec.codec, f"job {spec.job_id}'s codec settings")
-    with progress.phase("reading the models", _show_progress(args)):
+    with progress.phase("reading the models", show_progress(args)):
         found = open_encoder(settings, "cpu", lazy=True).fingerprint()
     try:  # a spec from before ``models`` pins the learned model (and a cca job its lossy_model_hash)
         check_pinned(found, spec.models or {"model": spec.model_hash}, f"job {spec.job_id}")
     except CallicError as exc:
         raise job.JobError(f"{exc}: it was archived with other models than this installation has") from None
     job_store.check_writable()
+    # A job made before jobs kept their models gets its copies now (the same files, checked above).
+    job.copy_models(job_store, {bytes.fromhex(h): modelfiles.bytes_of(bytes.fromhex(h)) for h in set(found.values())})
     src = Store(spec.src, options)
     return _run(job_store, spec, src, settings, args)
 
@@ -267,15 +272,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     settings = CodecSettings(model=args.model)
     if args.model:
         codec.load_model(args.model)  # a missing or damaged --model fails here, not in every worker
-    _connect(args)
+    connect_ray(args)
     s = restore.run(
         archive,
         out,
-        ArchiveCodecFactory(settings),
+        ArchiveCodecFactory(settings, restoring=True),
         args.match,
         args.workers,
         args.gpus_per_worker,
-        show_progress=_show_progress(args),
+        show_progress=show_progress(args),
         overwrite=args.overwrite,
     )
     if not args.quiet:
@@ -288,7 +293,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if s.failed else 0
 
 
-def _common(p: argparse.ArgumentParser, ray_flags: bool = True) -> None:
+def common_arguments(p: argparse.ArgumentParser, ray_flags: bool = True) -> None:
     p.add_argument("--storage-options", help=STORAGE_OPTIONS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, phase lines or summary; errors still")
     if ray_flags:
@@ -355,7 +360,7 @@ def add_parsers(sub: Any) -> None:
         default=READ_TIMEOUT_S,
         help=f"seconds per object-store read before its image fails (default {READ_TIMEOUT_S:g})",
     )
-    _common(p)
+    common_arguments(p)
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("resume", help="continue an archive job from its manifest")
@@ -365,13 +370,13 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="also retry images that failed for good (unreadable, truncated, unsupported) or ran out of attempts",
     )
-    _common(p)
+    common_arguments(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="progress, bytes saved and failures of an archive job")
     p.add_argument("job", help="the job folder, DST/JOB")
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
-    _common(p, ray_flags=False)
+    common_arguments(p, ray_flags=False)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("restore", help="decode archived images back to their files, hashes verified")
@@ -380,5 +385,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--match", help="only source keys matching this glob (e.g. 'cats/*.png')")
     p.add_argument("--model", help="model file, if the one the files name is not installed")
     p.add_argument("--overwrite", action="store_true", help="replace files in OUT that differ (default: refuse them)")
-    _common(p)
+    common_arguments(p)
     p.set_defaults(func=cmd_restore)

@@ -91,7 +91,13 @@ class ArchiveCodec:
     """``pipeline.items.ItemCodec`` for callic: built once per worker process. What a file is
     coded with is the job's codec (``codec.registry``); this class knows no codec by name."""
 
-    def __init__(self, settings: CodecSettings, resources: Resources, pinned: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: CodecSettings,
+        resources: Resources,
+        pinned: dict[str, str] | None = None,
+        restoring: bool = False,
+    ) -> None:
         import torch
 
         from jobs.runtime import allow_large_images, setup_torch
@@ -100,8 +106,10 @@ class ArchiveCodec:
         device = resources.device if resources.device == "cpu" or torch.cuda.is_available() else "cpu"
         setup_torch(resources.threads, device)
         self.settings, self.device = settings, device
-        self.encoder = open_encoder(settings, device)
-        fingerprint = self.encoder.fingerprint()
+        # Restoring loads no model up front: each file names its own (by hash), and an archive
+        # whose models this installation lacks restores from the copies in its job folder.
+        self.encoder = open_encoder(settings, device, lazy=restoring)
+        fingerprint = self.encoder.fingerprint() if pinned or not restoring else {}
         check_pinned(fingerprint, pinned or {})
         self.model_hash = fingerprint.get("model", "")
         self.batch_size = settings.batch or (8 if device == "cuda" else 1)
@@ -259,6 +267,7 @@ class ArchiveCodecFactory:
 
     settings: CodecSettings
     pinned: dict[str, str] | None = None  # ``JobSpec.models``: what every worker must code with
+    restoring: bool = False  # restore and verify: no model loaded until a file names it
 
     def __call__(self, resources: Resources) -> ArchiveCodec:
-        return ArchiveCodec(self.settings, resources, self.pinned)
+        return ArchiveCodec(self.settings, resources, self.pinned, self.restoring)

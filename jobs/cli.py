@@ -54,6 +54,7 @@ COMMANDS: dict[str, Command] = {
     "resume": Command("jobs.archive:add_parsers", "continue an archive job from its manifest"),
     "status": Command("jobs.archive:add_parsers", "progress, bytes saved and failures of an archive job"),
     "restore": Command("jobs.archive:add_parsers", "decode archived images back to their files, hashes verified"),
+    "verify": Command("jobs.verifyjob:add_parser", "check every stored object of a job against its manifest (fixity)"),
 }
 
 

@@ -4,7 +4,9 @@
 size...) and ``DST/JOB/sources-<token>.parquet`` (named by ``job.json``; ``sources.parquet`` in
 jobs of spec version 1) the images in shards, listed once when the job starts. Freezing the
 listing makes shards stable: a resume processes exactly the images the job started with, even if
-SRC changed since, and needs nothing but DST.
+SRC changed since, and needs nothing but DST. ``DST/JOB/models/<sha256>.safetensors`` are the
+job's own copies of every model it codes with (written at creation since 2026-12-03): a job
+folder restores on a machine whose installation has none of them.
 
 Creating a job is atomic: the sources list goes under a name of its own first, then ``job.json``
 is written once (``Store.write_once``: a hard link or a conditional put). Of many processes
@@ -18,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import io
 import json
 import posixpath
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from codec.errors import CallicError
+from codec.modelfiles import MAX_MODEL_BYTES
 from pipeline.storage import (
     MAX_SOURCE_BYTES,
     READ_TIMEOUT_S,
@@ -43,6 +48,7 @@ from pipeline.storage import (
 SPEC = "job.json"
 SOURCES = "sources.parquet"  # the sources list of version-1 jobs
 SOURCES_NAME = re.compile(r"^sources(-[0-9a-f]{1,32})?\.parquet$")
+MODELS_DIR = "models"  # the job's own copies of its models, by SHA-256 (``create``)
 SPEC_VERSION = 2  # 2: the sources list is named in the spec (``sources``)
 READ_VERSIONS = (1, 2)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -78,6 +84,9 @@ class JobSpec:
     # The codec's fingerprint (``codec.registry.Encoder``): every model it codes with, by SHA-256;
     # workers and ``resume`` refuse others. Empty in specs written before it existed.
     models: dict[str, str] = field(default_factory=dict)
+    # The .cllc format version the job writes (``codec.container.FORMAT_VERSION``); 0 in specs
+    # written before it was recorded (they wrote version 2, or 1 before 2026-12-02).
+    format_version: int = 0
 
     def __post_init__(self) -> None:
         # Whoever builds a spec, what is stored and printed from it carries no credentials.
@@ -154,24 +163,67 @@ def shards_table(items: list[tuple[str, int]], shard_size: int) -> pa.Table:
     )
 
 
-def create(job: Store, spec: JobSpec, sources: pa.Table) -> JobSpec:
+def model_key(digest: bytes) -> str:
+    """Where a job folder keeps its copy of the model with SHA-256 ``digest``."""
+    return f"{MODELS_DIR}/{digest.hex()}.safetensors"
+
+
+def create(job: Store, spec: JobSpec, sources: pa.Table, models: dict[bytes, bytes] | None = None) -> JobSpec:
     """Write the job folder and return the spec as written (naming its sources file); refuses a
     job id that exists already, also when another process creates it at the same moment: then
-    this call removes only its own sources file and raises ``JobError``."""
+    this call removes only what it wrote itself and raises ``JobError``.
+
+    ``models`` (SHA-256 -> bytes) are the model files the job codes with: copied into the folder
+    (``model_key``) before ``job.json``, so that a job folder restores where no installation
+    ships its models any more (``model_source``)."""
     exists = JobError(f"job {spec.job_id} exists already in {redact(spec.dst)}: use `callic resume`")
     if job.exists(SPEC):
         raise exists
     spec = dataclasses.replace(spec, sources=f"sources-{uuid.uuid4().hex[:16]}.parquet", version=SPEC_VERSION)
+    written = copy_models(job, models or {})
     buf = io.BytesIO()
     pq.write_table(sources, buf)
     job.write_once(spec.sources, buf.getvalue())
+    written.append(spec.sources)
     try:
         job.write_once(SPEC, spec.to_json())
     except ExistsError:
-        with contextlib.suppress(StorageError):  # left behind, it is unreferenced and harmless
-            job.delete(spec.sources)
+        for key in written:
+            with contextlib.suppress(StorageError):  # left behind, it is unreferenced and harmless
+                job.delete(key)
         raise exists from None
     return spec
+
+
+def copy_models(job: Store, models: dict[bytes, bytes]) -> list[str]:
+    """Put a copy of each model (SHA-256 -> bytes) in the job folder where it has none yet;
+    returns the keys written."""
+    written = []
+    for digest, data in models.items():
+        if hashlib.sha256(data).digest() != digest:
+            raise ValueError(f"model bytes do not hash to {digest.hex()[:16]}")
+        key = model_key(digest)
+        if job.exists(key):
+            continue
+        with contextlib.suppress(ExistsError):  # another process's copy: the same bytes, by name
+            job.write_once(key, data)
+            written.append(key)
+    return written
+
+
+def model_source(job: Store) -> Callable[[bytes], tuple[str, bytes] | None]:
+    """A ``codec.modelfiles`` source of the models ``job``'s folder holds: the copy named by the
+    digest, read with the model size limit (``find_by_hash`` checks its hash); None where the job
+    has none (jobs made before models were copied, or a copy deleted)."""
+
+    def read(digest: bytes) -> tuple[str, bytes] | None:
+        key = model_key(digest)
+        try:
+            return job.name(key), job.read_source(key, MAX_MODEL_BYTES, READ_TIMEOUT_S)
+        except (FileNotFoundError, StorageError):
+            return None
+
+    return read
 
 
 def load(job: Store) -> tuple[JobSpec, pa.Table]:

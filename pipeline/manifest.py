@@ -54,6 +54,8 @@ pixel_hash          the hash the ``.cllc`` HEAD stores (hex): for format version
                     metadata), for version 1 files of the pixels alone; for lossy rows that of the
                     reconstruction; null for passthrough and jpeg-jxl
 source_sha256       SHA-256 of the source file's bytes
+object_sha256       SHA-256 of the stored bytes (the row's range in a pack), what ``callic
+                    verify`` checks; null for failed rows and in manifests written before it existed
 worker              host:pid/Ray node id (first 8 hex digits) of the worker
 gpu                 the Ray GPU id(s) of the worker, null on CPU
 attempt             1 for the first try of this image, 2 for its first retry...
@@ -101,6 +103,7 @@ SCHEMA = pa.schema(
         ("codec_facts", pa.map_(pa.string(), pa.string())),
         ("pixel_hash", pa.string()),
         ("source_sha256", pa.string()),
+        ("object_sha256", pa.string()),
         ("worker", pa.string()),
         ("gpu", pa.string()),
         ("attempt", pa.int16()),

@@ -42,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from codec import modelfiles
 from codec.errors import CallicError
 from pipeline import cluster, events, job, manifest, pool
 from pipeline.items import CodecFactory, ItemCodec, Resources
@@ -274,6 +275,18 @@ def plan(archive: Store, match: str | None) -> tuple[list[tuple[Store, str, dict
     return todo, len(ids), skipped
 
 
+_JOBS_WITH_SOURCES: set[str] = set()  # job folders whose models this process may fall back on
+
+
+def use_job_models(store: Store) -> None:
+    """Let this process find the models a job folder holds copies of (``job.model_source``),
+    after the installed ones: a file names its model by hash, and an installed copy of the same
+    hash is used first."""
+    if store.url not in _JOBS_WITH_SOURCES:
+        modelfiles.add_source(job.model_source(store))
+        _JOBS_WITH_SOURCES.add(store.url)
+
+
 def restore_rows(
     codec: ItemCodec,
     out: Store,
@@ -287,6 +300,7 @@ def restore_rows(
     results = []
     portable = windows_local(out)
     for store, out_key, row in items:
+        use_job_models(store)
         try:
             safe_key(out_key, portable)
             check_row(row, windows_local(store))

@@ -117,6 +117,7 @@ def run_shard(
             "source_bytes": len(data),
             "source_sha256": hashlib.sha256(data).hexdigest(),
             "compressed_bytes": len(enc.blob),
+            "object_sha256": hashlib.sha256(enc.blob).hexdigest(),
         }
         try:
             if pack is not None:
@@ -127,7 +128,8 @@ def run_shard(
                 job.write_once(out, enc.blob)
                 fields.update(output_key=out, length=len(enc.blob))
         except Exception as exc:
-            fail(key, exc, **{k: v for k, v in fields.items() if k not in ("output_key", "offset", "length")})
+            stored = ("output_key", "offset", "length", "object_sha256")
+            fail(key, exc, **{k: v for k, v in fields.items() if k not in stored})
             return
         rows.append(row(key, status="ok", **fields))
         if on_item:

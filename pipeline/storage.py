@@ -11,6 +11,7 @@ never the credentials.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import logging
 import os
@@ -414,6 +415,16 @@ class Store:
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.fs.rm(self.path(key)))
+
+    def modified(self, key: str) -> dt.datetime | None:
+        """When ``key`` was last written (UTC), or None where the store does not say."""
+        try:
+            when = self._call("stat", key, lambda: self.fs.modified(self.path(key)))
+        except (NotImplementedError, StorageError):
+            return None
+        if not isinstance(when, dt.datetime):
+            return None
+        return when if when.tzinfo else when.astimezone(dt.UTC)  # naive: the local clock's time
 
     def check_writable(self) -> None:
         """Fail now, before any work, if this folder cannot be written: a missing bucket or parent
