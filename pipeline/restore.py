@@ -113,13 +113,18 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_OBJECT_BYTES
 
 
-def read_object(store: Store, row: dict[str, Any]) -> bytes:
-    """The stored bytes of a checked row: a ranged read in a pack, else the whole object."""
-    key = row["output_key"]
+def check_inside(store: Store, key: str) -> None:
+    """``UnsafeKeyError`` if ``key``, on a local disk, resolves out of the job folder (a symlink)."""
     if store.is_local:
         root = os.path.realpath(store.root)
         if not os.path.realpath(store.path(key)).startswith(root + os.sep):
             raise UnsafeKeyError(f"refused: {key!r} leads out of the job folder (a symlink)")
+
+
+def read_object(store: Store, row: dict[str, Any]) -> bytes:
+    """The stored bytes of a checked row: a ranged read in a pack, else the whole object."""
+    key = row["output_key"]
+    check_inside(store, key)
     if row["offset"] is not None:
         return store.read_range(key, row["offset"], row["length"])
     blob = store.read(key)

@@ -14,7 +14,9 @@ bytes and reports, per object:
   against its length only (counted as ``length_only``). An object longer than its row says is
   altered too;
 - ``undecodable`` (with ``full``): the row's codec cannot give back exactly the image the row
-  describes (``ItemCodec.restore``, the restore's own checks, nothing written).
+  describes (``ItemCodec.restore``, the restore's own checks, nothing written);
+- ``unsafe``: a row restore would refuse (its key is not one of the job's objects, or leads out
+  of the job folder): nothing is read for it;
 
 and ``orphans``: objects under ``objects/`` and ``data/`` that no manifest row of any attempt
 references, left by attempts that died between storing and writing their manifest, or still
@@ -38,12 +40,13 @@ import pyarrow as pa
 
 from pipeline import cluster, manifest, pack, pool
 from pipeline.items import CodecFactory, Resources
-from pipeline.restore import use_job_models
+from pipeline.restore import UnsafeKeyError, check_inside, check_row, use_job_models, windows_local
 from pipeline.storage import Store
 
 OBJECT_DIRS = ("objects", "data")  # where shard attempts store images (``pipeline.shard``)
 ATTEMPTS = 2
-PROBLEMS = ("missing", "truncated", "altered", "undecodable", "unreadable")
+PROBLEMS = ("missing", "truncated", "altered", "undecodable", "unreadable", "unsafe")
+MAX_WHOLE_READ = 256 << 20  # larger objects are read image by image (ranged reads), without the pack index
 Task = tuple[str, bool, list[dict[str, Any]]]  # (object key, packed, its manifest rows)
 
 
@@ -95,36 +98,54 @@ def _sha(data: bytes) -> str:
 
 
 def check_object(fixity: Fixity, store: Store, key: str, packed: bool, rows: list[dict[str, Any]]) -> list[Any]:
-    """(problems, rows checked for length only, rows decoded) of one stored object and its rows."""
+    """(problems, rows checked for length only, rows decoded) of one stored object and its rows.
+    Nothing is read for a row ``restore`` would refuse (``restore.check_row``: a key that is not
+    one of the job's objects, a range that is not plain), nor through a symlink out of the job
+    folder, nor past the object's size as the store gives it."""
     problems: list[Problem] = []
 
     def bad(row: dict[str, Any], kind: str, detail: str) -> None:
         problems.append(Problem(row["source_key"], key, kind, detail))
 
+    safe = []
+    for row in rows:
+        try:
+            check_row(row, windows_local(store))
+            safe.append(row)
+        except UnsafeKeyError as exc:
+            bad(row, "unsafe", str(exc))
+    if not safe:
+        return [problems, 0, 0]
+    try:
+        check_inside(store, key)
+    except UnsafeKeyError as exc:
+        for row in safe:
+            bad(row, "unsafe", str(exc))
+        return [problems, 0, 0]
     if not store.exists(key):
-        for row in rows:
+        for row in safe:
             bad(row, "missing", "the object does not exist")
         return [problems, 0, 0]
-    data = store.read(key)
+    size = store.size(key)
+    whole = store.read(key) if size <= MAX_WHOLE_READ else None  # a pack once, for its index too
     index: dict[tuple[int, int], str] = {}
-    if packed:
+    if packed and whole is not None:
         try:
-            index = {(off, n): sha for _, off, n, sha in pack.read_index(data)}
+            index = {(off, n): sha for _, off, n, sha in pack.read_index(whole)}
         except Exception:  # noqa: BLE001 - a damaged index: rows are checked against their own hashes
             index = {}
     length_only = decoded = 0
-    for row in rows:
-        offset, length = (row["offset"] or 0) if packed else 0, row["length"]
-        if not isinstance(length, int) or length < 0 or not isinstance(offset, int) or offset < 0:
-            bad(row, "altered", f"the manifest gives no valid byte range ({offset}, {length})")
+    for row in safe:
+        offset, length = (row["offset"] if packed else 0), row["length"]
+        if length is None:  # an unpacked row of a manifest that did not record it: the object is it
+            length = size
+        if size < offset + length:
+            bad(row, "truncated", f"{size} bytes, the manifest needs {offset + length}")
             continue
-        if len(data) < offset + length:
-            bad(row, "truncated", f"{len(data)} bytes, the manifest needs {offset + length}")
+        if not packed and size > length:
+            bad(row, "altered", f"{size} bytes, the manifest says {length}")
             continue
-        if not packed and len(data) > length:
-            bad(row, "altered", f"{len(data)} bytes, the manifest says {length}")
-            continue
-        blob = data[offset : offset + length]
+        blob = whole[offset : offset + length] if whole is not None else store.read_range(key, offset, length)
         expected = row.get("object_sha256") or index.get((offset, length))
         if expected is None and row.get("codec") == "passthrough":
             expected = row.get("source_sha256")

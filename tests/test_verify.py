@@ -167,3 +167,24 @@ def test_jobs_from_before_object_hashes_are_checked_for_what_they_have(name, ray
 def test_a_folder_that_is_no_job_is_named(tmp_path, capsys):
     assert main(["verify", str(tmp_path), "--quiet"]) == 8
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_crafted_rows_are_refused_and_nothing_outside_the_job_is_read(jobs, tmp_path, capsys):
+    """A manifest row naming a key outside the job's objects, and an object replaced by a symlink
+    to /dev/zero (reading it would never end), are reported as unsafe: verify reads neither."""
+    job = _copy(jobs, "u", tmp_path)
+    rows = _rows(job)
+    link = job / rows["p1.png"]["output_key"]
+    link.unlink()
+    link.symlink_to("/dev/zero")
+    for path in (job / "manifest").iterdir():
+        table = manifest.from_bytes(path.read_bytes()).to_pylist()
+        for r in table:
+            if r["source_key"] == "p0.png":
+                r["output_key"] = "../../../../etc/passwd"
+        path.write_bytes(manifest.to_bytes(manifest.to_table(table)))
+    rc, report = _verify(job, capsys, "--full")
+    assert rc == 10
+    found = {(p["source_key"], p["problem"]) for p in report["problems"]}
+    assert found == {("p0.png", "unsafe"), ("p1.png", "unsafe")}
+    assert report["decoded"] == 3  # the other images still checked and decoded
