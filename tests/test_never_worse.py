@@ -307,6 +307,6 @@ def test_archive_takes_every_coding_flag_encode_has_and_its_workers_use_them(tin
 
     with pytest.raises(UnsupportedError, match="unknown field adapt_rank"):  # a renamed field: refused by name
         CodecSettings.from_dict(spec | {"adapt_rank": 2})
-    bad = build_parser().parse_args([*argv[:3], "--lora-rank", "99"])
+    bad = build_parser().parse_args([*argv[:5], "--lora-rank", "99"])  # adapting (--steps 3): ranks are checked
     with pytest.raises(CallicError, match="LoRA rank"):
         coding_fields(bad)
