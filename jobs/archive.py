@@ -102,6 +102,12 @@ def _codec_counts(codecs: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(codecs.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _model_copies(models: dict[str, str]) -> dict[bytes, bytes]:
+    """The bytes of the model files an encoder's fingerprint names (SHA-256 -> bytes), read from
+    the files it hashed: what a job folder keeps (``job.copy_models``)."""
+    return {bytes.fromhex(h): modelfiles.bytes_of(bytes.fromhex(h)) for h in set(models.values())}
+
+
 def show_progress(args: argparse.Namespace) -> bool:
     """Bars and phase lines: not with ``--quiet``, and not with ``--log-json`` (JSON lines only)."""
     return not args.quiet and not args.log_json
@@ -145,7 +151,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     # Fail before the job exists; the workers load the same files and check their hashes.
     with progress.phase("reading the models", show_progress(args)):  # their hashes, from their bytes
         models = open_encoder(settings, "cpu", lazy=True).fingerprint()
-        copies = {bytes.fromhex(h): modelfiles.bytes_of(bytes.fromhex(h)) for h in set(models.values())}
+        copies = _model_copies(models)
     pack = args.pack if args.pack is not None else not dst.is_local
     spec = job.JobSpec(
         job_id=job_id,
@@ -213,7 +219,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise job.JobError(f"{exc}: it was archived with other models than this installation has") from None
     job_store.check_writable()
     # A job made before jobs kept their models gets its copies now (the same files, checked above).
-    job.copy_models(job_store, {bytes.fromhex(h): modelfiles.bytes_of(bytes.fromhex(h)) for h in set(found.values())})
+    job.copy_models(job_store, _model_copies(found))
     src = Store(spec.src, options)
     return _run(job_store, spec, src, settings, args)
 

@@ -39,7 +39,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import cluster, manifest, pack, pool
-from pipeline.items import CodecFactory, Resources
+from pipeline.items import CodecFactory, ItemCodec, Resources
 from pipeline.restore import UnsafeKeyError, check_inside, check_row, use_job_models, windows_local
 from pipeline.storage import Store
 
@@ -77,27 +77,24 @@ class VerifyReport:
         return {p: sum(x.problem == p for x in self.problems) for p in PROBLEMS}
 
 
-class Fixity:
-    """What a verifying worker holds: the job's codec when decoding (``full``), else nothing (no
-    model is loaded to compare hashes)."""
-
-    def __init__(self, factory: CodecFactory | None, resources: Resources) -> None:
-        self.codec = factory(resources) if factory is not None else None
-
-
 @dataclass(frozen=True)
 class FixityFactory:
+    """What a verifying worker holds: the job's codec when decoding (``full``), else None (no
+    model is loaded to compare hashes)."""
+
     codec: CodecFactory | None  # ``full``: the restore's codec factory
 
-    def __call__(self, resources: Resources) -> Fixity:
-        return Fixity(self.codec, resources)
+    def __call__(self, resources: Resources) -> ItemCodec | None:
+        return self.codec(resources) if self.codec is not None else None
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_object(fixity: Fixity, store: Store, key: str, packed: bool, rows: list[dict[str, Any]]) -> list[Any]:
+def check_object(
+    codec: ItemCodec | None, store: Store, key: str, packed: bool, rows: list[dict[str, Any]]
+) -> list[Any]:
     """(problems, rows checked for length only, rows decoded) of one stored object and its rows.
     Nothing is read for a row ``restore`` would refuse (``restore.check_row``: a key that is not
     one of the job's objects, a range that is not plain), nor through a symlink out of the job
@@ -134,6 +131,8 @@ def check_object(fixity: Fixity, store: Store, key: str, packed: bool, rows: lis
             index = {(off, n): sha for _, off, n, sha in pack.read_index(whole)}
         except Exception:  # noqa: BLE001 - a damaged index: rows are checked against their own hashes
             index = {}
+    if codec is not None:
+        use_job_models(store)
     length_only = decoded = 0
     for row in safe:
         offset, length = (row["offset"] if packed else 0), row["length"]
@@ -154,10 +153,9 @@ def check_object(fixity: Fixity, store: Store, key: str, packed: bool, rows: lis
         elif _sha(blob) != expected:
             bad(row, "altered", "its SHA-256 is not the one written")
             continue
-        if fixity.codec is not None:
-            use_job_models(store)
+        if codec is not None:
             try:
-                fixity.codec.restore(blob, row)
+                codec.restore(blob, row)
                 decoded += 1
             except Exception as exc:  # noqa: BLE001 - reported per image, the check goes on
                 bad(row, "undecodable", f"{type(exc).__name__}: {exc}"[:500])
@@ -231,5 +229,6 @@ def run(
     report.orphans = orphans(store, all_rows)
     if delete_orphans:
         report.pruned = prune(store, report.orphans, min_age_s)
-        report.orphans = [k for k in report.orphans if k not in set(report.pruned)]
+        pruned = set(report.pruned)
+        report.orphans = [k for k in report.orphans if k not in pruned]
     return report
