@@ -84,3 +84,6 @@ DEFAULT_ADAPT_PATCHES = 32  # most patches an image trains on per step (``--adap
 DEFAULT_ADAPT_LR = 2e-3
 DEFAULT_LORA_RANK = 2
 DEFAULT_TUCKER_RANKS = (2, 3, 3)
+# Corpus adaptation (``callic archive --adapt-corpus``, ``codec.mgcf.corpus``): sample images and steps.
+DEFAULT_CORPUS_SAMPLE = 16
+DEFAULT_CORPUS_STEPS = 150

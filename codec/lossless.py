@@ -144,12 +144,22 @@ class LosslessEncoder:
         )
 
     def fingerprint(self) -> dict[str, str]:
-        """The model's hash; from the file's bytes while it is not loaded (a job's driver)."""
-        if self._model is not None:
-            return {"model": self._model.digest.hex()}
-        from codec.modelfiles import default_model_path, digest_of
+        """The model's hash, and a corpus-adapted model's base (``base_model``), which decoding
+        needs too; from the file's bytes while it is not loaded (a job's driver)."""
+        from codec import modelfiles
 
-        return {"model": digest_of(self.settings.model or default_model_path()).hex()}
+        if self._model is not None:
+            file = self._model.file
+            found, base = {"model": self._model.digest.hex()}, file.base if file is not None else None
+        else:
+            path = self.settings.model or modelfiles.default_model_path()
+            found, base = (
+                {"model": modelfiles.digest_of(path).hex()},
+                modelfiles.base_of(modelfiles.read_model_bytes(path)),
+            )
+            if base is not None:  # found (and so held for the job's copies) as decoding will find it
+                modelfiles.find_by_hash(base, modelfiles.mgcf_file_name(base))
+        return found | ({"base_model": base.hex()} if base is not None else {})
 
     def decode(self, data: bytes) -> Raster:
         """With this encoder's model once it is loaded or was given as a file; a lazy encoder

@@ -18,19 +18,23 @@ codecs' own loaders (``codec.mgcf.weights``, ``codec.cca.weights``) parse and ch
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from codec.errors import CallicError, ModelNotFoundError
+from codec.errors import CallicError, CorruptFileError, ModelNotFoundError
 from codec.files import read_regular_file
 
 PACKAGE_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL_FILE = PACKAGE_MODELS / "DEFAULT"  # the learned coder's default model
 QUALITY_LIST = PACKAGE_MODELS / "CCA"  # the lossy codec's shipped rate points, lowest quality first
 MAX_MODEL_BYTES = 1 << 30  # the shipped models are 7 to 13 MB; the paper's CCA model ~150 MB
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header (JSON) read before any tensor
+# A corpus-adapted learned model (``codec.mgcf.weights``): adapters over a base model it names by hash.
+ADAPTED_FORMAT = "callic-mgcf-adapted"
 log = logging.getLogger(__name__)
 
 
@@ -48,14 +52,47 @@ def read_model_bytes(path: str | Path) -> bytes:
         raise ModelNotFoundError(f"model file {path} does not exist") from exc
 
 
-# The model files this process has hashed (``digest_of``), by digest: what a job copies into its
-# folder at creation, read from the very file it pinned.
+def mgcf_file_name(digest: bytes) -> str:
+    """The learned coder's model file name for a SHA-256."""
+    return f"mgcf-{digest.hex()[:16]}.safetensors"
+
+
+def header_metadata(data: bytes) -> dict[str, str]:
+    """A safetensors file's metadata, read from its JSON header only ({} where there is none):
+    what kind of model a file is, before (and without) loading its tensors."""
+    if len(data) < 8:
+        return {}
+    n = int.from_bytes(data[:8], "little")
+    if n > min(len(data) - 8, MAX_HEADER_BYTES):
+        return {}
+    try:
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def base_of(data: bytes) -> bytes | None:
+    """The base model a corpus-adapted model file names (its SHA-256), None for any other file;
+    ``CorruptFileError`` when the name is not a SHA-256."""
+    meta = header_metadata(data)
+    if meta.get("format") != ADAPTED_FORMAT:
+        return None
+    base = meta.get("base")
+    if not isinstance(base, str) or len(base) != 64 or any(c not in "0123456789abcdef" for c in base):
+        raise CorruptFileError(f"adapted model file names base {base!r}: not a SHA-256")
+    return bytes.fromhex(base)
+
+
+# The model files this process has hashed (``digest_of``) or found (``find_by_hash``), by digest:
+# what a job copies into its folder at creation, read from the very file it pinned.
 _HASHED: dict[bytes, Path] = {}
 # Where a model that no folder of ``model_dirs()`` holds may still come from, tried in order after
 # them: e.g. the folder of a job being restored (``pipeline.restore`` adds its job copies). Each
 # takes a digest and gives (where, bytes) or None; the bytes are checked against the digest.
 ModelSource = Callable[[bytes], "tuple[str, bytes] | None"]
 _SOURCES: list[ModelSource] = []
+_SOURCED: dict[bytes, bytes] = {}  # models found through a source, by digest (``bytes_of``)
 
 
 def digest_of(path: str | Path) -> bytes:
@@ -66,13 +103,16 @@ def digest_of(path: str | Path) -> bytes:
 
 
 def bytes_of(digest: bytes) -> bytes:
-    """The bytes of a model file this process hashed (``digest_of``), checked again against the
-    digest (the file may have changed since): ``ModelNotFoundError`` if it did or none was."""
+    """The bytes of a model file this process hashed (``digest_of``) or found (``find_by_hash``),
+    checked again against the digest (the file may have changed since): ``ModelNotFoundError`` if
+    it did or none was."""
     path = _HASHED.get(digest)
     if path is not None:
         data = read_model_bytes(path)
         if hashlib.sha256(data).digest() == digest:
             return data
+    if digest in _SOURCED:
+        return _SOURCED[digest]
     raise ModelNotFoundError(f"model {digest.hex()[:16]}…: no file with that hash was read by this process")
 
 
@@ -110,6 +150,7 @@ def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
             continue
         actual = hashlib.sha256(data).hexdigest()
         if actual == digest.hex():
+            _HASHED[digest] = path
             return path, data
         skipped.append(f"{path} (its hash is {actual})")
         log.warning("skipped model file %s: its SHA-256 is %s, the file needs %s", path, actual, digest.hex())
@@ -119,6 +160,7 @@ def find_by_hash(digest: bytes, name: str) -> tuple[Path, bytes]:
             continue
         where, data = found
         if hashlib.sha256(data).digest() == digest:
+            _SOURCED[digest] = data
             return Path(where), data
         skipped.append(f"{where} (its hash is {hashlib.sha256(data).hexdigest()})")
         log.warning("skipped model copy %s: its SHA-256 is not %s", where, digest.hex())

@@ -8,6 +8,7 @@ say why), 11 the Ray cluster cannot host the workers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -18,8 +19,9 @@ from typing import Any
 import codec
 from codec import modelfiles, registry
 from codec.container import FORMAT_VERSION
-from codec.defaults import DEFAULT_JXL_EFFORT
+from codec.defaults import DEFAULT_CORPUS_SAMPLE, DEFAULT_CORPUS_STEPS, DEFAULT_JXL_EFFORT
 from codec.errors import CallicError
+from jobs import corpusjob
 from jobs.adaptargs import add_coding_arguments, coding_fields
 from jobs.archivecodec import DEFAULT_CODEC, ArchiveCodecFactory, CodecSettings, check_pinned, open_encoder
 from jobs.cli import STORAGE_OPTIONS_HELP, UsageError, storage_options
@@ -148,6 +150,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         lossy_model=lossy_model or args.lossy_model,
         **coding_fields(args),  # every flag encode has, checked here
     )
+    corpus: dict[str, Any] = {}
+    if args.adapt_corpus:
+        settings, corpus = _adapt_corpus(args, src, [key for key, _ in items], settings, job_id)
     # Fail before the job exists; the workers load the same files and check their hashes.
     with progress.phase("reading the models", show_progress(args)):  # their hashes, from their bytes
         models = open_encoder(settings, "cpu", lazy=True).fingerprint()
@@ -170,6 +175,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         max_source_bytes=args.max_source_bytes,
         read_timeout_s=args.read_timeout,
         format_version=FORMAT_VERSION,
+        corpus=corpus,
     )
     spec = job.create(job_store, spec, job.shards_table(items, args.shard_size), copies)
     events.emit(
@@ -184,6 +190,36 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"job {job_id}: {spec.n_images} images in {spec.n_shards} shards -> {redact(job_store.url)}")
     return _run(job_store, spec, src, settings, args)
+
+
+def _adapt_corpus(
+    args: argparse.Namespace, src: Store, keys: list[str], settings: CodecSettings, job_id: str
+) -> tuple[CodecSettings, dict[str, Any]]:
+    """``--adapt-corpus``: the settings to code with (the corpus model, if kept) and the spec's facts."""
+    if settings.codec not in ("auto", "callic"):
+        raise UsageError("--adapt-corpus adapts the learned coder: use it with --codec auto or callic")
+    if (
+        args.corpus_sample < 2
+        or args.corpus_steps < 1
+        or (args.corpus_minutes is not None and args.corpus_minutes <= 0)
+    ):
+        raise UsageError("--corpus-sample must be >= 2, --corpus-steps >= 1, --corpus-minutes > 0")
+    n = min(args.corpus_sample, len(keys))
+    with progress.phase(f"adapting the model to a sample of {n} images", show_progress(args)):
+        settings, corpus = corpusjob.adapt_to_corpus(
+            src,
+            keys,
+            settings,
+            job_id,
+            args.corpus_sample,
+            args.corpus_steps,
+            args.corpus_minutes,
+            (args.max_source_bytes, args.read_timeout),
+        )
+    events.emit("corpus_adapted", job=job_id, **{k: v for k, v in corpus.items() if not isinstance(v, list)})
+    if not args.quiet:
+        print(corpusjob.describe(corpus))
+    return settings, corpus
 
 
 def _run(job_store: Store, spec: job.JobSpec, src: Store, settings: CodecSettings, args: argparse.Namespace) -> int:
@@ -210,7 +246,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     options = storage_options(args.storage_options)
     job_store = Store(args.job, options)
     spec, _ = job.load(job_store)
-    settings = CodecSettings.from_dict(spec.codec, f"job {spec.job_id}'s codec settings")
+    settings = _job_model(CodecSettings.from_dict(spec.codec, f"job {spec.job_id}'s codec settings"), spec, job_store)
     with progress.phase("reading the models", show_progress(args)):
         found = open_encoder(settings, "cpu", lazy=True).fingerprint()
     try:  # a spec from before ``models`` pins the learned model (and a cca job its lossy_model_hash)
@@ -222,6 +258,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     job.copy_models(job_store, _model_copies(found))
     src = Store(spec.src, options)
     return _run(job_store, spec, src, settings, args)
+
+
+def _job_model(settings: CodecSettings, spec: job.JobSpec, job_store: Store) -> CodecSettings:
+    """The settings to resume with: where the job's model file (its ``--model``, or its corpus
+    model) is not on this machine, the job folder's copy of it, installed where models are found."""
+    if not settings.model or os.path.exists(settings.model) or "model" not in spec.models:
+        return settings
+    modelfiles.add_source(job.model_source(job_store))  # the job's copies: of the model, and of its base
+    digest = bytes.fromhex(spec.models["model"])
+    _, data = modelfiles.find_by_hash(digest, modelfiles.mgcf_file_name(digest))
+    path = modelfiles.write_named(data, corpusjob.USER_MODELS, modelfiles.mgcf_file_name)
+    return dataclasses.replace(settings, model=str(path))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -253,6 +301,8 @@ def _size_lines(st: dict[str, Any]) -> list[str]:
     ll, ly = st["lossless"], st["lossy"]
     if ll["images"]:
         bpsp = f", {ll['bpsp']:.3f} bpsp" if ll["bpsp"] is not None else ""
+        if ll.get("bpsp_with_corpus_model") is not None:
+            bpsp += f" ({ll['bpsp_with_corpus_model']:.3f} with the {st['corpus_model_bytes']}-byte corpus model)"
         ratio = f" ({100 * ll['stored_bytes'] / ll['source_bytes']:.1f}% of the source)" if ll["source_bytes"] else ""
         lines.append(
             f"lossless: {ll['images']} images, {ll['source_bytes']} -> {ll['stored_bytes']} bytes{ratio}{bpsp}"
@@ -336,6 +386,24 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--batch", type=int, default=0, help="images adapted together (default: 8 on a GPU, 1 on a CPU)")
     p.add_argument("--model", help="model file; default: the shipped model")
+    p.add_argument(
+        "--adapt-corpus",
+        action="store_true",
+        help="first adapt the model to a sample of the images, and code the job with it if it pays",
+    )
+    p.add_argument(
+        "--corpus-sample",
+        type=int,
+        default=DEFAULT_CORPUS_SAMPLE,
+        help=f"images adapted to (default {DEFAULT_CORPUS_SAMPLE})",
+    )
+    p.add_argument(
+        "--corpus-steps",
+        type=int,
+        default=DEFAULT_CORPUS_STEPS,
+        help=f"fine-tuning steps of the corpus model (default {DEFAULT_CORPUS_STEPS})",
+    )
+    p.add_argument("--corpus-minutes", type=float, help="stop the corpus fine-tuning after this many minutes")
     p.add_argument(
         "--jpeg",
         choices=["passthrough", "jxl"],

@@ -87,6 +87,11 @@ class JobSpec:
     # The .cllc format version the job writes (``codec.container.FORMAT_VERSION``); 0 in specs
     # written before it was recorded (they wrote version 2, or 1 before 2026-12-02).
     format_version: int = 0
+    # Corpus adaptation (``callic archive --adapt-corpus``): its outcome, kept or not (``kept``,
+    # ``model_hash``, ``model_bytes``, ``sample``, ``steps``, ``seconds``, estimated bits saved on
+    # the sample); empty when the job was not adapted. A kept model is in ``models`` as ``model``
+    # (its base as ``base_model``) and in the job folder like every model.
+    corpus: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Whoever builds a spec, what is stored and printed from it carries no credentials.
@@ -105,6 +110,8 @@ class JobSpec:
             raise JobError(f"job {spec.job_id}: {SPEC} names {spec.sources!r} as its sources list")
         if not isinstance(spec.models, dict) or not all(isinstance(v, str) for v in spec.models.values()):
             raise JobError(f"job {spec.job_id}: {SPEC} has models {spec.models!r}: not a map of names to hashes")
+        if not isinstance(spec.corpus, dict):
+            raise JobError(f"job {spec.job_id}: {SPEC} has corpus {spec.corpus!r}: not a map")
         limits = (spec.max_source_bytes, spec.read_timeout_s)
         if not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits):
             raise JobError(f"job {spec.job_id}: {SPEC} has source limits {limits}: they must be positive numbers")

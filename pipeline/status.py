@@ -54,7 +54,8 @@ def job_status(store: Store) -> dict[str, Any]:
         elif (r["attempt"] or 1) < spec.max_attempts:
             retry += 1
     lossy_codecs = lossy_labels()  # what the manifest calls lossy files (``codec.registry``)
-    lossless = _sizes([r for r in ok_rows if r["codec"] not in lossy_codecs], lossy=False)
+    model_bytes = int(spec.corpus.get("model_bytes") or 0) if spec.corpus.get("kept") else 0
+    lossless = _sizes([r for r in ok_rows if r["codec"] not in lossy_codecs], lossy=False, model_bytes=model_bytes)
     lossy = _sizes([r for r in ok_rows if r["codec"] in lossy_codecs], lossy=True)
     source_bytes = lossless["source_bytes"] + lossy["source_bytes"]
     stored_bytes = lossless["stored_bytes"] + lossy["stored_bytes"]
@@ -77,6 +78,7 @@ def job_status(store: Store) -> dict[str, Any]:
         "attempt_rows": rows.num_rows,
         "source_bytes": source_bytes,
         "stored_bytes": stored_bytes,
+        "corpus_model_bytes": model_bytes,  # the job's corpus-adapted model, stored once (0: none)
         "saved_bytes": source_bytes - stored_bytes,
         "ratio_to_source": round(stored_bytes / source_bytes, 4) if source_bytes else None,
         "lossless": lossless,
@@ -88,10 +90,11 @@ def job_status(store: Store) -> dict[str, Any]:
     }
 
 
-def _sizes(rows: list[dict[str, Any]], lossy: bool) -> dict[str, Any]:
+def _sizes(rows: list[dict[str, Any]], lossy: bool, model_bytes: int = 0) -> dict[str, Any]:
     """Counts and sizes of one kind of stored file. Lossless: bits per subpixel over all its
-    samples. Lossy: bits per pixel over all its pixels, and the mean of the images' PSNRs (finite
-    ones: an image the codec gave back exactly has an infinite PSNR)."""
+    samples, and with a corpus model's ``model_bytes`` counted in (it is paid for once, by the
+    job's lossless files). Lossy: bits per pixel over all its pixels, and the mean of the images'
+    PSNRs (finite ones: an image the codec gave back exactly has an infinite PSNR)."""
     source = sum(r["source_bytes"] or 0 for r in rows)
     stored = sum(r["compressed_bytes"] or 0 for r in rows)
     out: dict[str, Any] = {"images": len(rows), "source_bytes": source, "stored_bytes": stored}
@@ -103,4 +106,6 @@ def _sizes(rows: list[dict[str, Any]], lossy: bool) -> dict[str, Any]:
     else:
         samples = sum((r["raw_bytes"] or 0) // max(1, (r["bit_depth"] or 8) // 8) for r in rows)
         out["bpsp"] = round(8 * stored / samples, 4) if samples else None
+        if model_bytes:
+            out["bpsp_with_corpus_model"] = round(8 * (stored + model_bytes) / samples, 4) if samples else None
     return out

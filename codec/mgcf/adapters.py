@@ -205,6 +205,24 @@ def merge(cfg: MGCFConfig, tensors: dict[str, torch.Tensor], adapters: AdapterSe
     return out
 
 
+def float_deltas(cfg: MGCFConfig, adapters: AdapterSet) -> dict[str, torch.Tensor]:
+    """The adapters as additions to the float model's weights (``MGCF.state_dict`` names and
+    shapes), for a model that further fine-tuning starts from (a corpus-adapted model file): a
+    linear layer's ``(down @ up)^T``, a depth-wise kernel's Tucker product (masked in the forward
+    pass, as the kernel is). The coding path never uses them: it runs the exact ``merge``."""
+    vals = adapters.values(cfg)
+    out = {}
+    for slot in layout(cfg, adapters.spec):
+        f = {x.name.rsplit(".", 1)[1]: vals[x.name].double() for x in slot.factors}
+        if slot.kind == "lora":
+            delta = (f["down"] @ f["up"]).T * STEP**2
+        else:
+            delta = torch.einsum("abc,ma,ib,jc->mij", f["core"], f["channel"], f["row"], f["col"]).unsqueeze(1)
+            delta = delta * STEP**4
+        out[slot.layer + ".weight"] = delta.float()
+    return out
+
+
 # ---------------------------------------------------------------- the ADPT section
 
 

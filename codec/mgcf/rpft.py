@@ -251,7 +251,7 @@ class _Trunk:
         return torch.stack([self.kept[i] if i in self.kept else fresh[i] for i in ids])
 
 
-def _patch_bits(
+def patch_bits(
     model: MGCF,
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -298,7 +298,7 @@ def _run(
         deltas = None if adapters is None else adapters.patch_deltas(img if passes.mixed else img[:1])
         kept = None if trunk is None else (trunk.first, trunk.features(idx))
         groups = img if calibrated else None
-        bits = _patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp, kept, groups)
+        bits = patch_bits(model, batch.patches[idx], batch.mask[idx], deltas, passes.amp, kept, groups)
         if grad_scale is not None:
             (bits * grad_scale[img]).sum().backward()
         out.append(bits.detach())

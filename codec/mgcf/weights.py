@@ -7,6 +7,14 @@ A model file holds three groups of tensors and its configuration in the safetens
 - ``lut.*``: the lookup tables of the exact path (``codec.fixedpoint.build_luts``), stored so that a
   decoder never recomputes them with its own platform's math.
 
+A *corpus-adapted* model file (format ``callic-mgcf-adapted``, ``codec.mgcf.corpus``) is small: it
+names its base model by SHA-256 and holds one ADPT section (``codec.mgcf.adapters``) of adapters
+fine-tuned on a corpus. Loading it finds the base by hash (a plain model: an adapted model never
+adapts another), checks it as above, merges the adapters into its integer weights exactly
+(``adapters.merge``, the same on every machine) and adds their float twin to the float weights:
+what comes out is an ordinary ``ModelFile`` under the adapted file's own hash, which files name
+and jobs pin like any other; per-image adapters then merge on top of it.
+
 A ``.cllc`` file names the SHA-256 of the whole model file; ``find_model`` looks for
 ``mgcf-<first 16 hex digits>.safetensors`` through the one model registry of every codec
 (``codec.modelfiles``: search path, naming, shipped lists, digests).
@@ -29,22 +37,32 @@ import torch
 
 from codec.errors import CorruptFileError, ModelNotFoundError
 from codec.fixedpoint import ACT_FRAC, WEIGHT_FRAC, build_luts, check_bounds
+from codec.mgcf import adapters
 from codec.mgcf.config import MGCFConfig
 from codec.mgcf.exact import ExactMGCF
 from codec.mgcf.mixture import LOG_SCALE_MAX, LOG_SCALE_MIN
 from codec.mgcf.model import MGCF
 from codec.mgcf.quantize import exact_tensors
 from codec.mgcf.wavefront import kernel_offsets
-from codec.modelfiles import find_by_hash, read_model_bytes, write_named
+from codec.modelfiles import (
+    ADAPTED_FORMAT,
+    base_of,
+    find_by_hash,
+    header_metadata,
+    mgcf_file_name,
+    read_model_bytes,
+    write_named,
+)
 from codec.tensorfile import LUT_LIMIT, check_tensors, read_safetensors, st_bytes
 
 FORMAT = "callic-mgcf"
 FORMAT_VERSION = "1"
 EXACT_LIMIT = 1 << 53  # integers beyond it do not survive float64
+ADAPTED_FORMAT_VERSION = "1"
+MAX_ADAPTED_SECTION = 16 << 20  # bytes; rank-32 adapters of the paper's MGCF code in ~100 KB
 
 
-def file_name(digest: bytes) -> str:
-    return f"mgcf-{digest.hex()[:16]}.safetensors"
+file_name = mgcf_file_name
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
@@ -80,6 +98,7 @@ class ModelFile:
     digest: bytes
     cfg: MGCFConfig
     tensors: dict[str, torch.Tensor]
+    base: bytes | None = None  # a corpus-adapted model's base (its SHA-256); None for a plain model
 
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
@@ -139,12 +158,19 @@ def _check_values(tensors: dict[str, torch.Tensor], source: str) -> None:
                 raise CorruptFileError(f"{source}: layer {name[6:-7]}: {exc}") from exc
 
 
-def parse_model(data: bytes, expected: bytes | None = None, source: str = "model file") -> ModelFile:
+def parse_model(
+    data: bytes, expected: bytes | None = None, source: str = "model file", adapted: bool = True
+) -> ModelFile:
     """A model file's bytes -> ``ModelFile``, every tensor checked; ``CorruptFileError`` naming
-    ``source`` (``ModelNotFoundError`` when it is not the ``expected`` hash)."""
+    ``source`` (``ModelNotFoundError`` when it is not the ``expected`` hash, or when a corpus-adapted
+    file's base is not installed). ``adapted``: whether a corpus-adapted file is accepted."""
     digest = hashlib.sha256(data).digest()
     if expected is not None and digest != expected:
         raise ModelNotFoundError(f"{source} has hash {digest.hex()[:16]}, not the requested {expected.hex()[:16]}")
+    if header_metadata(data).get("format") == ADAPTED_FORMAT:
+        if not adapted:
+            raise CorruptFileError(f"{source}: an adapted model cannot be the base of another")
+        return _parse_adapted(data, digest, source)
     tensors, meta = read_safetensors(data, FORMAT, FORMAT_VERSION, source)
     try:
         cfg = MGCFConfig.from_json(meta["config"])
@@ -153,6 +179,59 @@ def parse_model(data: bytes, expected: bytes | None = None, source: str = "model
     check_tensors(tensors, _expected_shapes(cfg, len(tensors), source), source)
     _check_values(tensors, source)
     return ModelFile(digest, cfg, tensors)
+
+
+# ---------------------------------------------------------------- corpus-adapted model files
+
+
+def serialize_adapted(base: ModelFile, corpus: adapters.AdapterSet) -> bytes:
+    """A corpus-adapted model file: ``base``'s hash and configuration, and ``corpus`` as an ADPT section."""
+    if base.base is not None:
+        raise ValueError("an adapted model cannot be the base of another")
+    section = adapters.encode_section(base.cfg, corpus, base.group("lut")["sigmoid"])
+    metadata = {
+        "format": ADAPTED_FORMAT,
+        "format_version": ADAPTED_FORMAT_VERSION,
+        "base": base.digest.hex(),
+        "config": base.cfg.to_json(),
+    }
+    return st_bytes({"adapters": torch.frombuffer(bytearray(section), dtype=torch.uint8)}, metadata)
+
+
+def save_adapted(base: ModelFile, corpus: adapters.AdapterSet, directory: str | Path) -> Path:
+    return write_named(serialize_adapted(base, corpus), directory, file_name)
+
+
+def _parse_adapted(data: bytes, digest: bytes, source: str) -> ModelFile:
+    tensors, meta = read_safetensors(data, ADAPTED_FORMAT, ADAPTED_FORMAT_VERSION, source)
+    base_digest = base_of(data)
+    assert base_digest is not None  # the format was checked
+    section = tensors.get("adapters")
+    if set(tensors) != {"adapters"} or section is None or section.dtype != torch.uint8 or section.dim() != 1:
+        raise CorruptFileError(f"{source}: an adapted model holds one uint8 tensor 'adapters' only")
+    if section.numel() > MAX_ADAPTED_SECTION:
+        raise CorruptFileError(f"{source}: adapter section of {section.numel()} bytes (at most {MAX_ADAPTED_SECTION})")
+    try:
+        path, base_data = find_by_hash(base_digest, file_name(base_digest))
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{source} adapts model {base_digest.hex()[:16]}: {exc}") from None
+    base = parse_model(base_data, expected=base_digest, source=str(path), adapted=False)
+    if meta.get("config") != base.cfg.to_json():
+        raise CorruptFileError(f"{source}: its configuration is not that of its base model {path}")
+    luts = base.group("lut")
+    try:
+        corpus = adapters.decode_section(base.cfg, section.numpy().tobytes(), luts["sigmoid"])
+        exact = adapters.merge(base.cfg, {k: v.double() for k, v in base.group("exact").items()}, corpus)
+    except ValueError as exc:  # CorruptFileError is one; merge's overflow check is another
+        raise CorruptFileError(f"{source}: its adapters do not fit model {base_digest.hex()[:16]}: {exc}") from None
+    floats = base.group("float")
+    for name, delta in adapters.float_deltas(base.cfg, corpus).items():
+        floats[name] = floats[name] + delta
+    merged = {f"float.{k}": v for k, v in floats.items()}
+    merged |= {f"exact.{k}": _compact(v) for k, v in exact.items()}
+    merged |= {f"lut.{k}": v for k, v in luts.items()}
+    _check_values(merged, source)
+    return ModelFile(digest, base.cfg, merged, base_digest)
 
 
 def load_model_file(path: str | Path) -> ModelFile:
