@@ -48,6 +48,13 @@ def _sample(src: Store, keys: list[str], n: int, seed: int, max_bytes: int, time
     return images
 
 
+def _classical_bpsp(images: list[np.ndarray], settings: CodecSettings) -> list[float]:
+    """Bits per subpixel of the JPEG-XL file ``auto`` would keep instead of a larger learned one."""
+    from codec import fallback
+
+    return [8 * len(fallback.jxl_encode(px, settings.jxl_effort)) / px.size for px in images]
+
+
 def adapt_to_corpus(
     src: Store,
     keys: list[str],
@@ -82,17 +89,19 @@ def adapt_to_corpus(
     cfg = CorpusConfig(steps=steps, minutes=minutes, seed=seed)
     result = adapt_corpus(model.float_model(device), images, cfg, settings.calibration)
     data = serialize_adapted(model.file, result.adapters)
-    held = result.held_out_subpixels
+    floor = _classical_bpsp([images[i] for i in result.held_out], settings) if settings.codec == "auto" else None
+    before, after = result.bpsp()
     facts |= {
         "base_model": model.digest.hex(),
         "model_bytes": len(data),
         "steps": result.steps,
         "seconds": round(result.seconds, 1),
-        "estimated_saved_bits": round(result.saved_bits()),
-        "estimated_held_out_bpsp": [round(result.base_bits / held, 4), round(result.adapted_bits / held, 4)],
+        "estimated_saved_bits": round(result.saved_bits(floor)),
+        "estimated_held_out_bpsp": [round(before, 4), round(after, 4)],
         "calibrated": bool(settings.calibration),
+        "held_out_classical_bpsp": None if floor is None else [round(f, 4) for f in floor],
     }
-    if not result.pays(len(data)):
+    if not result.pays(len(data), floor):
         facts["reason"] = "the estimated bits saved on the sample do not pay for the model"
         return settings, facts
     path = write_named(data, models_dir or USER_MODELS, file_name)

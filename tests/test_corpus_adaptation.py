@@ -86,6 +86,7 @@ def test_damaged_or_crafted_adapted_model_files_are_refused(base, tmp_path):
         bad[i] ^= 0xFF
         with contextlib.suppress(CallicError):
             parse_model(bytes(bad), source="flipped.safetensors")
+
     def crafted(meta: dict, tensors: dict | None = None) -> bytes:
         section = torch.frombuffer(bytearray(b"\x01\x04\x02\x03\x03\x07\x00"), dtype=torch.uint8)
         full = {"format": "callic-mgcf-adapted", "format_version": "1", "base": base.digest.hex()} | meta
@@ -116,8 +117,11 @@ def test_corpus_fine_tuning_saves_bits_on_held_out_images_and_says_when_it_does_
     assert result.saved_bits() > 0 and result.pays(100) and not result.pays(int(result.saved_bits() / 8) + 1)
     timed = adapt_corpus(base.float_model(), _images(3), CorpusConfig(steps=10_000, minutes=1e-4, spec=SPEC))
     assert timed.steps < 10_000
-    made_up = CorpusAdapted(result.adapters, 100.0, 90.0, 50.0, 1000.0, 1, 0.0)
+    made_up = CorpusAdapted(result.adapters, [2], [100.0], [90.0], [50.0], 1000.0, 1, 0.0)
     assert made_up.saved_bits() == pytest.approx(200.0) and made_up.pays(24) and not made_up.pays(25)
+    # Where the job keeps a classical file below the learned one, bits are saved only below it.
+    assert made_up.saved_bits([1.9]) == pytest.approx(100.0) and made_up.saved_bits([1.7]) == 0.0
+    assert made_up.bpsp() == (2.0, 1.8)
 
 
 def _write(root: Path, images: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -199,13 +203,18 @@ def test_a_corpus_model_that_does_not_pay_is_dropped_and_the_job_codes_with_the_
     ray_cluster, base, model_dir, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(corpusjob, "USER_MODELS", tmp_path / "user-models")
-    images = _write(tmp_path / "src", _images(2, 8, 8))  # 384 subpixels cannot pay for a model
+    # The same images and steps as the kept job above, but with ``auto``: JPEG-XL codes them in far
+    # fewer bits than this random model, adapted or not, so what the adapters save is never stored.
+    images = _write(tmp_path / "src", _images(6))
     base_path = model_dir / f"mgcf-{base.digest.hex()[:16]}.safetensors"
-    args = ["archive", str(tmp_path / "src"), str(tmp_path / "dst"), "--job-id", "d", "--codec", "callic"]
-    assert main([*args, "--model", str(base_path), "--steps", "0", "--adapt-corpus", "--corpus-steps", "2"]) == 0
+    args = ["archive", str(tmp_path / "src"), str(tmp_path / "dst"), "--job-id", "d", "--codec", "auto"]
+    assert main([*args, "--model", str(base_path), "--steps", "0", "--adapt-corpus", "--corpus-steps", "20"]) == 0
     assert "dropped, the job codes with the base model" in capsys.readouterr().out
     spec = json.loads((tmp_path / "dst" / "d" / "job.json").read_text())
-    assert not spec["corpus"]["kept"] and spec["models"] == {"model": base.digest.hex()}
+    corpus = spec["corpus"]
+    assert not corpus["kept"] and spec["models"] == {"model": base.digest.hex()}
+    before, after = corpus["estimated_held_out_bpsp"]
+    assert after < before and max(corpus["held_out_classical_bpsp"]) < after and corpus["estimated_saved_bits"] == 0
     assert not (tmp_path / "user-models").exists()
     assert main(["restore", str(tmp_path / "dst" / "d"), str(tmp_path / "out"), "--quiet"]) == 0
     _check(tmp_path / "out", images)

@@ -19,9 +19,12 @@ with it]:
   job is at least as large, so the real bargain is better than the one trained for);
 - the decision to keep them is made on *held-out* images of the sample (every third, at least
   one), never on the patches trained on: their estimated saving per subpixel, scaled to the whole
-  sample, must exceed the model file's bits. With calibration on (the coder's default) the
-  estimate is of the bits after calibration's corrections, per image
-  (``codec.mgcf.calibration_loss``), which take back part of what adaptation gains;
+  sample, must exceed the model file's bits. Where the job would keep a classical file instead
+  (``auto``: JPEG-XL where it is smaller), bits count as saved only below that file's size. With
+  calibration on (the coder's default) the estimate is of the bits after calibration's
+  corrections (``codec.mgcf.calibration_loss``, fitted per image within each pass of
+  ``EVAL_CHUNK`` patches: an approximation of the coder's backward-adaptive calibration over the
+  whole image), which take back part of what adaptation gains;
 - at most ``max_patches`` patches of each image are used (a random subset): a sample of large
   photos then costs the same memory and time as one of small ones.
 
@@ -30,6 +33,7 @@ Bits here are estimates from the float model; the job's real file sizes are what
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -70,22 +74,34 @@ class CorpusConfig:
 
 @dataclass
 class CorpusAdapted:
-    """The outcome. Bits are float-model estimates on the held-out images' patches."""
+    """The outcome. Bits are float-model estimates of the held-out images' patches, per image."""
 
     adapters: AdapterSet
-    base_bits: float
-    adapted_bits: float
-    held_out_subpixels: float  # of the patches the bits are of
+    held_out: list[int]  # indices in the sample
+    base_bits: list[float]
+    adapted_bits: list[float]
+    subpixels: list[float]  # of the patches the bits are of
     sample_subpixels: float  # of the whole sample
     steps: int
     seconds: float
 
-    def saved_bits(self) -> float:
-        """Estimated bits the adapters save on the whole sample (held-out saving per subpixel, scaled)."""
-        return (self.base_bits - self.adapted_bits) / self.held_out_subpixels * self.sample_subpixels
+    def bpsp(self) -> tuple[float, float]:
+        """Held-out bits per subpixel, before and after (estimated)."""
+        n = sum(self.subpixels)
+        return sum(self.base_bits) / n, sum(self.adapted_bits) / n
 
-    def pays(self, model_bytes: int) -> bool:
-        return self.saved_bits() > 8 * model_bytes
+    def saved_bits(self, floor_bpsp: list[float] | None = None) -> float:
+        """Estimated bits the adapters save on the whole sample: the held-out saving per subpixel,
+        scaled. ``floor_bpsp``: per held-out image, the bpsp of the file the job keeps where the
+        learned one is larger (``auto``'s classical file): bits are only saved below it."""
+        saved = 0.0
+        for i, (base, adapted, n) in enumerate(zip(self.base_bits, self.adapted_bits, self.subpixels, strict=True)):
+            floor = math.inf if floor_bpsp is None else floor_bpsp[i] * n
+            saved += min(base, floor) - min(adapted, floor)
+        return saved / sum(self.subpixels) * self.sample_subpixels
+
+    def pays(self, model_bytes: int, floor_bpsp: list[float] | None = None) -> bool:
+        return self.saved_bits(floor_bpsp) > 8 * model_bytes
 
 
 @dataclass
@@ -108,16 +124,17 @@ def _patches(images: list[np.ndarray], p: int, cfg: CorpusConfig, device: torch.
     return _Patches(torch.cat(xs).to(device), torch.cat(masks).to(device), torch.cat(owner).to(device))
 
 
-def _bits(model: MGCF, data: _Patches, adapters: ImageAdapters | None, calibrated: bool) -> float:
-    """Estimated bits of every patch, with calibration's corrections per image if ``calibrated``."""
-    total = 0.0
+def _bits(model: MGCF, data: _Patches, adapters: ImageAdapters | None, calibrated: bool, n: int) -> list[float]:
+    """Estimated bits of each of ``n`` images' patches, with calibration's corrections if ``calibrated``."""
+    total = torch.zeros(n, dtype=torch.float64)
     with torch.no_grad():
         deltas = None if adapters is None else adapters.patch_deltas(torch.zeros(1, dtype=torch.long))
         for s in range(0, len(data.x), EVAL_CHUNK):
             sl = slice(s, s + EVAL_CHUNK)
             groups = data.image[sl] if calibrated else None
-            total += float(patch_bits(model, data.x[sl], data.mask[sl], deltas, False, None, groups).sum())
-    return total
+            bits = patch_bits(model, data.x[sl], data.mask[sl], deltas, False, None, groups)
+            total.index_add_(0, data.image[sl].cpu(), bits.double().cpu())
+    return total.tolist()
 
 
 def split(n: int) -> tuple[list[int], list[int]]:
@@ -160,11 +177,13 @@ def adapt_corpus(model: MGCF, images: list[np.ndarray], cfg: CorpusConfig, calib
         if deadline is not None and time.perf_counter() > deadline:
             break
     calibrated = bool(calibration)
+    n = len(held_i)
     return CorpusAdapted(
         adapters.export(0),
-        _bits(model, held, None, calibrated),
-        _bits(model, held, adapters, calibrated),
-        3.0 * float(held.mask.sum()),
+        held_i,
+        _bits(model, held, None, calibrated, n),
+        _bits(model, held, adapters, calibrated, n),
+        (3.0 * torch.zeros(n).index_add_(0, held.image.cpu(), held.mask.sum((1, 2)).float().cpu())).tolist(),
         sample_subpixels,
         steps,
         time.perf_counter() - start,
