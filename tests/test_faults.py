@@ -24,6 +24,7 @@ from jobs.cli import main
 from pipeline import manifest
 from pipeline.storage import Store
 from tests import corpus
+from tests.processes import our_processes
 from tests.test_archive_s3 import moto_url, s3  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,15 +57,8 @@ def ray_cluster():
 
 
 def _shard_workers() -> list[int]:
-    """PIDs of the shard worker actors (Ray names their processes ``ray::_ShardWorker...``)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::_ShardWorker"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+    """PIDs of this test's shard worker actors (Ray names their processes ``ray::_ShardWorker...``)."""
+    return our_processes(b"ray::_ShardWorker")
 
 
 def test_worker_killed_mid_shard(ray_cluster, tmp_path, tiny_model_path):

@@ -21,6 +21,7 @@ from jobs.cli import main
 from pipeline import manifest, restore
 from pipeline.storage import Store
 from tests import corpus
+from tests.processes import our_processes
 
 
 def _images(root: Path, n: int) -> dict[str, str]:
@@ -121,33 +122,10 @@ def test_workers_that_cannot_start_fail_the_restore_clearly(archived, tmp_path):
         _restore(job_dir, tmp_path / "out", _NoModel())
 
 
-def _parent(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _ours(pid: int) -> bool:
-    """Whether ``pid`` descends from this process (the Ray cluster this test started), so that a
-    test never kills another cluster's process on a shared machine."""
-    while pid > 1:
-        pid = _parent(pid)
-        if pid == os.getpid():
-            return True
-    return False
-
-
 def _progress_actor() -> int | None:
     """PID of the archive's progress actor (Ray names its process ``ray::_Progress...``)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            name = proc.name
-            if name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::_Progress") and _ours(int(name)):
-                return int(name)
-        except OSError:
-            continue
-    return None
+    found = our_processes(b"ray::_Progress")
+    return found[0] if found else None
 
 
 def test_archive_survives_losing_its_progress_actor(ray_cluster, tmp_path, tiny_model_path):
