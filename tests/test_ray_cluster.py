@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import ray
 from pipeline import manifest
 from pipeline.storage import Store
 from tests import corpus
+from tests.processes import stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,9 +35,18 @@ def two_nodes(tmp_path):
     exe = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     port = _free_port()
     address = f"127.0.0.1:{port}"
+    # Its own temporary folder (short: Ray's socket paths must fit 107 bytes), which every process
+    # of this cluster names on its command line, so that only they are stopped afterwards.
+    temp_dir = tempfile.mkdtemp(prefix="callic-ray-", dir="/tmp")
     # Ray clusters started by `ray start` authenticate with a token: every node and driver needs it.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    common = [
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={temp_dir}",
+    ]
     head = [exe, "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
     try:
         subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
@@ -44,7 +55,8 @@ def two_nodes(tmp_path):
         )
         yield address, env
     finally:
-        subprocess.run([exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp_dir)  # not `ray stop`: it kills every Ray process on the machine
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_job_on_a_two_node_cluster(two_nodes, tmp_path, tiny_model_path):
