@@ -188,11 +188,3 @@ def adapt_corpus(model: MGCF, images: list[np.ndarray], cfg: CorpusConfig, calib
         steps,
         time.perf_counter() - start,
     )
-
-
-def sample_keys(keys: list[str], n: int, seed: int = 0) -> list[str]:
-    """``n`` of ``keys`` drawn at random (seeded: the same job lists give the same sample), in key order."""
-    if n >= len(keys):
-        return sorted(keys)
-    rng = np.random.default_rng(seed)
-    return sorted(keys[i] for i in rng.choice(len(keys), size=n, replace=False))
