@@ -11,33 +11,39 @@ import time
 from pathlib import Path
 
 
-def _parent(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    return 0
+def _processes() -> dict[int, tuple[int, bytes]]:
+    """Every process now: pid -> (parent pid, command line)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text().splitlines()
+            ppid = next(int(line.split()[1]) for line in status if line.startswith("PPid:"))
+            found[int(proc.name)] = (ppid, (proc / "cmdline").read_bytes())
+        except (OSError, StopIteration):  # gone meanwhile
+            continue
+    return found
 
 
-def ours(pid: int) -> bool:
-    """Whether ``pid`` descends from this process (the Ray cluster it started is its child)."""
-    while pid > 1:
-        pid = _parent(pid)
-        if pid == os.getpid():
-            return True
-    return False
+def _descendants(roots: list[int], procs: dict[int, tuple[int, bytes]]) -> list[int]:
+    """``roots`` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def our_processes(prefix: bytes) -> list[int]:
-    """PIDs of this process's descendants whose command line starts with ``prefix`` (Ray names
-    an actor's process ``ray::<class>...``)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(prefix) and ours(int(proc.name)):
-                found.append(int(proc.name))
-        except OSError:  # gone meanwhile
-            continue
-    return found
+    """PIDs of this process's descendants (the Ray cluster it started is its child) whose command
+    line starts with ``prefix`` (Ray names an actor's process ``ray::<class>...``)."""
+    procs = _processes()
+    return [pid for pid in _descendants([os.getpid()], procs) if pid in procs and procs[pid][1].startswith(prefix)]
 
 
 def _alive(pid: int) -> bool:
@@ -48,33 +54,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                tree.setdefault(_parent(int(proc.name)), []).append(int(proc.name))
-            except OSError:
-                continue
-    return tree
-
-
 def stop_cluster(marker: str, grace_s: float = 10.0) -> None:
     """Stop the Ray cluster whose processes name ``marker`` (its ``--temp-dir``) on their command
     line, and everything they started (the workers): what ``ray stop`` would do, but ``ray stop``
     kills every Ray process on the machine, a user's own jobs included."""
-    roots = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
-                roots.append(int(proc.name))
-        except OSError:
-            continue
-    tree, victims = _children(), []
-    while roots:
-        pid = roots.pop()
-        victims.append(pid)
-        roots += tree.get(pid, [])
+    procs = _processes()
+    victims = _descendants([pid for pid, (_, cmd) in procs.items() if marker.encode() in cmd], procs)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
